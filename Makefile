@@ -1,0 +1,36 @@
+# fedplug's two commands: `make demo` and `make test` (both set everything up from a fresh clone).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+PLUGINS := plugins/torch_plan plugins/sklearn_plan
+PYPROJECTS := core/pyproject.toml $(foreach d,$(PLUGINS),$(d)/pyproject.toml)
+STAMP := $(VENV)/.fedplug-installed
+
+.PHONY: demo test bench lint format clean
+
+$(STAMP): $(PYPROJECTS) constraints.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e "./core[plot]" $(foreach d,$(PLUGINS),-e ./$(d)) -r requirements-dev.txt
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/fedplug demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/workloads.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache fedplug-demo

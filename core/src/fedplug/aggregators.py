@@ -1,0 +1,115 @@
+"""Aggregators: how the researcher combines the parameters returned by nodes into one model.
+
+An aggregator is fed replies one by one as they arrive (:meth:`Aggregator.add`), so that a
+weighted-sum aggregator such as :class:`FedAverage` keeps memory O(model size) whatever the number
+of nodes. Robust aggregators (:class:`Median`) need every reply and keep them all.
+Core's aggregators are registered by the built-in plugin (``"fedavg"``, ``"median"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from fedplug.errors import AggregationError
+from fedplug.plan import Params
+
+
+class Aggregator:
+    """Base class: ``begin`` a round, ``add`` each reply, then take the ``result``."""
+
+    name = "aggregator"
+    #: True when the result is the sample-weighted sum of replies divided by the total weight
+    #: (what secure aggregation can compute without seeing individual replies).
+    weighted_sum = False
+
+    def begin(self, global_params: Params) -> None:
+        """Start a round whose replies must match ``global_params`` in names and shapes."""
+        self._spec = {name: np.shape(value) for name, value in global_params.items()}
+        self._dtypes = {name: np.asarray(value).dtype for name, value in global_params.items()}
+        self.nodes: list[str] = []
+
+    def add(self, node: str, params: Params, n_samples: int) -> None:
+        """Fold in one node's parameters, weighted by its number of training samples."""
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples <= 0:
+            raise AggregationError(
+                f"node {node!r} replied with n_samples={n_samples!r}; a reply must have trained "
+                "on at least one sample to be aggregated"
+            )
+        if set(params) != set(self._spec):
+            raise AggregationError(
+                f"node {node!r} returned parameters {sorted(params)}, expected {sorted(self._spec)}"
+            )
+        for name, value in params.items():
+            if np.shape(value) != self._spec[name]:
+                raise AggregationError(
+                    f"node {node!r} returned {name!r} with shape {np.shape(value)}, "
+                    f"expected {self._spec[name]}"
+                )
+        self.nodes.append(node)
+        self._add(params, int(n_samples))
+
+    def _add(self, params: Params, n_samples: int) -> None:
+        raise NotImplementedError
+
+    def result(self) -> Params:
+        """The aggregated parameters, in the global model's dtypes."""
+        if not self.nodes:
+            raise AggregationError("no node reply to aggregate this round")
+        return {name: value.astype(self._dtypes[name], copy=False) for name, value in self._result().items()}
+
+    def _result(self) -> Params:
+        raise NotImplementedError
+
+    def aggregate(self, global_params: Params, replies: Iterable[tuple[str, Params, int]]) -> Params:
+        """Aggregate a whole round at once: ``(node, params, n_samples)`` triples."""
+        self.begin(global_params)
+        for node, params, n_samples in replies:
+            self.add(node, params, n_samples)
+        return self.result()
+
+
+class FedAverage(Aggregator):
+    """Federated averaging (McMahan et al.): the mean of node parameters weighted by sample counts.
+
+    Accumulates in float64, one buffer per parameter: memory is O(model), not O(nodes x model).
+    """
+
+    name = "fedavg"
+    weighted_sum = True
+
+    def begin(self, global_params: Params) -> None:
+        super().begin(global_params)
+        self._sum = {name: np.zeros(shape, dtype=np.float64) for name, shape in self._spec.items()}
+        self._total = 0
+
+    def _add(self, params: Params, n_samples: int) -> None:
+        for name, value in params.items():
+            self._sum[name] += np.multiply(value, n_samples, dtype=np.float64)
+        self._total += n_samples
+
+    def _result(self) -> Params:
+        return {name: total / self._total for name, total in self._sum.items()}
+
+
+class Median(Aggregator):
+    """Coordinate-wise median of node parameters (robust to a minority of outlying nodes).
+
+    Sample counts are checked but do not weigh in; every reply is kept until the round ends.
+    """
+
+    name = "median"
+
+    def begin(self, global_params: Params) -> None:
+        super().begin(global_params)
+        self._replies: list[Params] = []
+
+    def _add(self, params: Params, n_samples: int) -> None:
+        self._replies.append({name: np.asarray(value) for name, value in params.items()})
+
+    def _result(self) -> Params:
+        return {
+            name: np.median(np.stack([reply[name] for reply in self._replies]), axis=0)
+            for name in self._spec
+        }

@@ -1,0 +1,43 @@
+"""The exception hierarchy of fedplug: one subclass per concern, all rooted at `FedplugError`.
+
+Messages say what was wrong, with which value, and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class FedplugError(Exception):
+    """Base class of every error fedplug raises on purpose."""
+
+
+class PluginError(FedplugError):
+    """A plugin failed to load, registered a duplicate name, or a name is not registered."""
+
+
+class ConfigError(FedplugError):
+    """An experiment, node, optimizer or training-argument configuration is invalid."""
+
+
+class MessageError(FedplugError):
+    """A message could not be decoded or does not match what the receiver expects."""
+
+
+class NodeError(FedplugError):
+    """A node refused or failed a request; carries the node's name."""
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(f"node {node!r}: {message}")
+        self.node = node
+        self.detail = message
+
+
+class PlanError(FedplugError):
+    """A training plan could not be built, is malformed, or failed while training."""
+
+
+class AggregationError(FedplugError):
+    """Replies could not be aggregated (no replies, zero samples, mismatched parameters)."""
+
+
+class SecAggError(FedplugError):
+    """Secure aggregation is misconfigured or could not complete."""

@@ -1,0 +1,444 @@
+"""The researcher side: an :class:`Experiment` and its round loop.
+
+A round sends the global parameters to the selected nodes, folds their replies into the aggregator
+as they arrive, steps the global model (directly, or through a researcher-side
+:class:`fedplug.Optimizer`), optionally validates it on the nodes' held-out splits, and records a
+history row. A node that fails is handled by ``on_node_failure``; a failed round leaves the global
+model of the last good round untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedplug import messages as msg
+from fedplug.aggregators import Aggregator
+from fedplug.errors import AggregationError, ConfigError, FedplugError, MessageError, NodeError
+from fedplug.node import Node, local_nodes
+from fedplug.optimizer import Optimizer
+from fedplug.plan import Params, TrainingArgs, TrainingPlan, params_spec
+from fedplug.planref import make_plan_ref
+from fedplug.plugins import FedplugPluginManager, get_plugin_manager
+from fedplug.transport.local import LocalTransport
+
+_FAILURE_POLICIES = ("fail", "skip")
+
+
+@dataclass
+class ExperimentConfig:
+    """An experiment's resolved configuration, as ``fedplug_validate_experiment`` sees it."""
+
+    plan_class: type[TrainingPlan]
+    plan: TrainingPlan
+    model_args: dict[str, Any]
+    training_args: TrainingArgs
+    aggregator: Aggregator
+    agg_optimizer: Optimizer | None
+    node_optimizer: Any
+    nodes: list[str]
+    tags: list[str]
+    round_limit: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Experiment:
+    """A federated training experiment.
+
+    :param nodes: in-process :class:`Node` objects (or a transport); by default, every node alive
+        in this process whose datasets match ``tags``.
+    :param tags: select nodes (and, on each node, the dataset) carrying all these tags.
+    :param training_plan: a :class:`TrainingPlan` subclass or the name of a registered plan.
+        ``model_class`` is accepted as another name (Fed-BioMed's).
+    :param training_args: see :class:`TrainingArgs`.
+    :param round_limit: number of rounds :meth:`run` performs.
+    :param aggregator: a registered name (``"fedavg"``, ``"median"``) or an :class:`Aggregator`.
+    :param agg_optimizer: researcher-side :class:`fedplug.Optimizer` stepping the pseudo-gradient
+        ``global - aggregated`` (FedAvgM, FedAdam, ...); None applies the aggregate directly.
+    :param model_args: passed to the plan's constructor, on the researcher and on every node.
+    :param seed: seeds the initial model and, unless ``training_args`` has one, node training.
+    :param validate: evaluate the global model on each node's held-out split after each round
+        (needs ``test_ratio > 0``); an int ``k`` validates every ``k`` rounds and after the last.
+    :param on_node_failure: ``"fail"`` stops at the first failing node, ``"skip"`` continues with
+        the others as long as ``min_nodes`` replied.
+    :param progress: show a progress bar per round (default: when stderr is a terminal).
+    """
+
+    def __init__(
+        self,
+        nodes: list[Node] | Any | None = None,
+        tags: list[str] | str | None = None,
+        training_plan: type[TrainingPlan] | str | None = None,
+        training_args: dict[str, Any] | TrainingArgs | None = None,
+        round_limit: int | None = None,
+        aggregator: str | Aggregator = "fedavg",
+        agg_optimizer: Optimizer | None = None,
+        model_args: dict[str, Any] | None = None,
+        seed: int | None = None,
+        *,
+        model_class: type[TrainingPlan] | str | None = None,
+        validate: bool | int = True,
+        on_node_failure: str = "fail",
+        min_nodes: int = 1,
+        workers: int | None = None,
+        progress: bool | None = None,
+        plugin_manager: FedplugPluginManager | None = None,
+        experiment_id: str | None = None,
+    ) -> None:
+        self.pm = plugin_manager or get_plugin_manager()
+        self.id = experiment_id or uuid.uuid4().hex
+        self.tags = [tags] if isinstance(tags, str) else list(tags or [])
+        self.round_limit = _check_rounds("round_limit", round_limit, allow_none=True)
+        self.seed = seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ConfigError(f"seed must be a non-negative int, got {seed!r}")
+        args = TrainingArgs.from_dict(training_args)
+        if args.seed is None and seed is not None:
+            args = TrainingArgs.from_dict({**args.to_dict(), "seed": seed})
+        self.training_args = args
+        self.model_args = dict(model_args or {})
+        self.validate_every = _validation_period(validate)
+        if on_node_failure not in _FAILURE_POLICIES:
+            raise ConfigError(f"on_node_failure must be one of {_FAILURE_POLICIES}, got {on_node_failure!r}")
+        self.on_node_failure = on_node_failure
+        self.min_nodes = _check_rounds("min_nodes", min_nodes)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+
+        self.plan_class = self._resolve_plan(training_plan, model_class)
+        self.aggregator = self._resolve_aggregator(aggregator)
+        if agg_optimizer is not None and not isinstance(agg_optimizer, Optimizer):
+            raise ConfigError(
+                f"agg_optimizer must be a fedplug.Optimizer, got {type(agg_optimizer).__name__}; "
+                "researcher-side optimization only goes through fedplug.Optimizer "
+                "(e.g. Optimizer(lr=1.0, modules=['momentum']))"
+            )
+        self.agg_optimizer = agg_optimizer
+
+        self.transport = self._resolve_transport(nodes, workers)
+        self.nodes = self._select_nodes()
+
+        self.plan_class.init_seed(seed)
+        self._plan = self.plan_class(self.model_args)
+        self._plan.plugin_manager = self.pm
+        self._global: Params = {k: np.array(v, copy=True) for k, v in self._plan.get_parameters().items()}
+        self._plan_dirty = False
+        self.plan_ref = make_plan_ref(self.plan_class, self._plan.dependencies, self.pm.training_plans)
+
+        self.config = ExperimentConfig(
+            plan_class=self.plan_class,
+            plan=self._plan,
+            model_args=self.model_args,
+            training_args=self.training_args,
+            aggregator=self.aggregator,
+            agg_optimizer=self.agg_optimizer,
+            node_optimizer=self._plan.node_optimizer(),
+            nodes=list(self.nodes),
+            tags=self.tags,
+            round_limit=self.round_limit,
+        )
+        self.pm.hook.fedplug_validate_experiment(config=self.config)
+        self.history: list[dict[str, Any]] = []
+        self.round_index = 0
+
+    # -- configuration --------------------------------------------------------------------------
+    def _resolve_plan(self, training_plan: Any, model_class: Any) -> type[TrainingPlan]:
+        if training_plan is not None and model_class is not None and training_plan is not model_class:
+            raise ConfigError("give either training_plan or model_class (its other name), not both")
+        plan = training_plan if training_plan is not None else model_class
+        if plan is None:
+            raise ConfigError("an experiment needs a training_plan (a TrainingPlan subclass or a registered name)")
+        if isinstance(plan, str):
+            return self.pm.training_plans[plan]
+        if inspect.isclass(plan) and issubclass(plan, TrainingPlan):
+            return plan
+        raise ConfigError(
+            f"training_plan must be a TrainingPlan subclass or a registered plan name, got {plan!r}"
+        )
+
+    def _resolve_aggregator(self, aggregator: Any) -> Aggregator:
+        if isinstance(aggregator, str):
+            aggregator = self.pm.aggregators[aggregator]()
+        if not isinstance(aggregator, Aggregator):
+            raise ConfigError(
+                f"aggregator must be a registered name or a fedplug Aggregator, got {aggregator!r}"
+            )
+        return aggregator
+
+    def _resolve_transport(self, nodes: Any, workers: int | None) -> Any:
+        if nodes is None:
+            nodes = local_nodes()
+            if not nodes:
+                raise ConfigError(
+                    "no nodes: pass nodes=[Node(...), ...] or create the nodes in this process first"
+                )
+        if isinstance(nodes, Node):
+            nodes = [nodes]
+        if isinstance(nodes, (list, tuple)):
+            return LocalTransport(nodes, workers=workers)
+        if all(hasattr(nodes, attr) for attr in ("node_tags", "dispatch", "close")):
+            return nodes
+        raise ConfigError(f"nodes must be a list of Node objects or a transport, got {nodes!r}")
+
+    def _select_nodes(self) -> list[str]:
+        advertised = self.transport.node_tags()
+        selected = [
+            name for name, datasets in advertised.items()
+            if any(set(self.tags) <= set(tags) for tags in datasets)
+        ]
+        if not selected:
+            raise ConfigError(
+                f"no node has a dataset with tags {self.tags}; nodes and their dataset tags: {advertised}"
+            )
+        return selected
+
+    # -- the model ------------------------------------------------------------------------------
+    @property
+    def global_params(self) -> Params:
+        """The current global parameters (read-only views; copy before changing them)."""
+        return self._global
+
+    @property
+    def training_plan(self) -> TrainingPlan:
+        """The researcher's plan instance holding the current global model."""
+        if self._plan_dirty:
+            self._plan.set_parameters(self._global)
+            self._plan_dirty = False
+        return self._plan
+
+    def save_model(self, path: str | Path) -> Path:
+        """Write the global parameters to an ``.npz`` file (no pickle) with a JSON description."""
+        path = Path(path)
+        meta = {
+            "fedplug_model": 1,
+            "plan": self.plan_class.__qualname__,
+            "round": self.round_index,
+            "model_args": self.model_args,
+        }
+        arrays = {f"param:{name}": value for name, value in self._global.items()}
+        with path.open("wb") as handle:
+            np.savez(handle, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        return path
+
+    def load_model(self, path: str | Path) -> None:
+        """Load parameters saved by :meth:`save_model` into this experiment's global model."""
+        params = load_params(path)
+        if params_spec(params) != params_spec(self._global):
+            raise ConfigError(
+                f"{path} holds parameters {params_spec(params)} that do not match this "
+                f"experiment's model {params_spec(self._global)}"
+            )
+        self._global = params
+        self._plan_dirty = True
+
+    # -- rounds ---------------------------------------------------------------------------------
+    def run(self, rounds: int | None = None) -> list[dict[str, Any]]:
+        """Run ``rounds`` rounds (default: the rest of ``round_limit``); return the history."""
+        if rounds is None:
+            if self.round_limit is None:
+                raise ConfigError("set round_limit on the experiment or pass rounds to run()")
+            rounds = self.round_limit - self.round_index
+        else:
+            rounds = _check_rounds("rounds", rounds)
+        bar = _progress(rounds, self.progress)
+        try:
+            for _ in range(rounds):
+                row = self.run_once()
+                if bar is not None:
+                    bar.set_postfix_str(_postfix(row))
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.transport.close()
+        self.pm.hook.fedplug_experiment_finished(experiment=self)
+        return self.history
+
+    def run_once(self) -> dict[str, Any]:
+        """Run one round and return its history row."""
+        index = self.round_index
+        self.pm.hook.fedplug_round_started(round_index=index, experiment=self)
+        start = time.perf_counter()
+        replies, failures = self._train_round(index)
+        train_s = time.perf_counter() - start
+        aggregated = self.aggregator.result()
+        if self.agg_optimizer is not None:
+            self.agg_optimizer.start_round()
+            self._global = self.agg_optimizer.step_global(self._global, aggregated)
+        else:
+            self._global = aggregated
+        self._plan_dirty = True
+        self.round_index += 1
+        row = _train_summary(index, replies)
+        row["failures"] = failures
+        row["durations"] = {"train_s": train_s, "aggregate_s": time.perf_counter() - start - train_s}
+        if self._should_validate(index):
+            vstart = time.perf_counter()
+            row["validation"], row["validation_global"] = self._validation_round(index)
+            row["durations"]["validate_s"] = time.perf_counter() - vstart
+        row["durations"]["round_s"] = time.perf_counter() - start
+        self.history.append(row)
+        self.pm.hook.fedplug_round_finished(round_index=index, summary=row, experiment=self)
+        return row
+
+    def _should_validate(self, index: int) -> bool:
+        if not self.validate_every or self.training_args.test_ratio == 0:
+            return False
+        last = self.round_limit is not None and index + 1 == self.round_limit
+        return last or (index + 1) % self.validate_every == 0
+
+    def _request(self, cls: type, index: int) -> bytes:
+        return msg.encode(
+            cls(
+                experiment_id=self.id,
+                round_index=index,
+                plan=self.plan_ref,
+                model_args=self.model_args,
+                training_args=self.training_args.to_dict(),
+                tags=self.tags,
+                params=self._global,
+            )
+        )
+
+    def _collect(
+        self, payload: bytes, index: int, expected: type, on_reply: Any
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Dispatch ``payload``; pass each good reply to ``on_reply``; apply the failure policy."""
+        replies: dict[str, Any] = {}
+        failures: dict[str, str] = {}
+        for node, raw in self.transport.dispatch(payload, self.nodes):
+            try:
+                if isinstance(raw, BaseException):
+                    raise NodeError(node, f"did not answer: {type(raw).__name__}: {raw}")
+                reply = msg.decode(raw, (expected, msg.ErrorReply))
+                if reply.node != node:
+                    raise MessageError(f"reply from {node!r} claims to come from {reply.node!r}")
+                if reply.experiment_id != self.id or reply.round_index != index:
+                    raise MessageError(
+                        f"reply from {node!r} is for experiment {reply.experiment_id!r} round "
+                        f"{reply.round_index}, expected {self.id!r} round {index}"
+                    )
+                if isinstance(reply, msg.ErrorReply):
+                    raise NodeError(node, f"{reply.error}: {reply.message}")
+                on_reply(node, reply)
+                replies[node] = reply
+            except FedplugError as exc:
+                text = exc.detail if isinstance(exc, NodeError) else f"{type(exc).__name__}: {exc}"
+                if self.on_node_failure == "fail":
+                    raise NodeError(
+                        node,
+                        f"{text} (round {index}; the global model is unchanged; "
+                        "use on_node_failure='skip' to continue without failing nodes)",
+                    ) from None
+                failures[node] = text
+        if len(replies) < self.min_nodes:
+            raise NodeError(
+                ",".join(sorted(failures)) or "-",
+                f"only {len(replies)} of {len(self.nodes)} nodes replied in round {index} "
+                f"(min_nodes={self.min_nodes}); failures: {failures}; the global model is unchanged",
+            )
+        return replies, failures
+
+    def _train_round(self, index: int) -> tuple[dict[str, msg.TrainReply], dict[str, str]]:
+        self.aggregator.begin(self._global)
+        spec = params_spec(self._global)
+
+        def fold(node: str, reply: msg.TrainReply) -> None:
+            if params_spec(reply.params) != spec:
+                raise MessageError(
+                    f"node {node!r} returned parameters {params_spec(reply.params)}, "
+                    f"expected {spec}"
+                )
+            try:
+                self.aggregator.add(node, reply.params, reply.n_samples)
+            except AggregationError as exc:
+                raise NodeError(node, str(exc)) from None
+
+        return self._collect(self._request(msg.TrainRequest, index), index, msg.TrainReply, fold)
+
+    def _validation_round(self, index: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        replies, _ = self._collect(
+            self._request(msg.EvaluateRequest, index), index, msg.EvaluateReply, lambda n, r: None
+        )
+        per_node = {node: dict(r.metrics, n_samples=r.n_samples) for node, r in sorted(replies.items())}
+        total = sum(r.n_samples for r in replies.values())
+        overall: dict[str, float] = {}
+        if total:
+            keys = set.intersection(*(set(r.metrics) for r in replies.values() if r.n_samples))
+            for key in sorted(keys):
+                overall[key] = sum(r.metrics[key] * r.n_samples for r in replies.values() if r.n_samples) / total
+        overall["n_samples"] = total
+        return per_node, overall
+
+    def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        """Validate the current global model on every node's held-out split now."""
+        return self._validation_round(self.round_index)
+
+    def __repr__(self) -> str:
+        return (
+            f"Experiment(plan={self.plan_class.__qualname__}, nodes={self.nodes}, "
+            f"aggregator={self.aggregator.name!r}, round={self.round_index}/{self.round_limit})"
+        )
+
+
+def load_params(path: str | Path) -> Params:
+    """Parameters from a file written by :meth:`Experiment.save_model`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "__meta__" not in data.files:
+                raise ConfigError(f"{path} is not a fedplug model file (no __meta__ entry)")
+            return {key[len("param:"):]: data[key] for key in data.files if key.startswith("param:")}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read model file {path}: {exc}") from exc
+
+
+def _check_rounds(what: str, value: Any, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{what} must be a positive int, got {value!r}")
+    return value
+
+
+def _validation_period(validate: bool | int) -> int:
+    if isinstance(validate, bool):
+        return 1 if validate else 0
+    if isinstance(validate, int) and validate >= 0:
+        return validate
+    raise ConfigError(f"validate must be a bool or a non-negative int, got {validate!r}")
+
+
+def _train_summary(index: int, replies: dict[str, msg.TrainReply]) -> dict[str, Any]:
+    samples = {node: r.n_samples for node, r in sorted(replies.items())}
+    total = sum(samples.values())
+    return {
+        "round": index,
+        "nodes": sorted(replies),
+        "samples": samples,
+        "train_loss": {node: r.train_loss for node, r in sorted(replies.items())},
+        "train_loss_mean": sum(r.train_loss * r.n_samples for r in replies.values()) / total,
+        "node_train_s": {node: r.duration_s for node, r in sorted(replies.items())},
+    }
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="rounds", unit="round", dynamic_ncols=True, leave=True)
+
+
+def _postfix(row: dict[str, Any]) -> str:
+    parts = [f"loss={row['train_loss_mean']:.4f}"]
+    for key, value in row.get("validation_global", {}).items():
+        if key != "n_samples":
+            parts.append(f"{key}={value:.4f}")
+    return " ".join(parts)

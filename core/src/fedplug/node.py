@@ -1,0 +1,239 @@
+"""The node side: datasets found by tags, plan approval, and execution of train/evaluate requests.
+
+:meth:`Node.handle` takes request bytes and returns reply bytes; it never raises. Anything wrong,
+from malformed bytes to a plan that crashes, becomes an :class:`~fedplug.messages.ErrorReply` naming
+the problem, and the node keeps serving. A node keeps one session per experiment (the plan, its
+optimizer state and the data split), so node-side optimizer state persists across rounds.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import traceback
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+import numpy as np
+
+from fedplug import messages as msg
+from fedplug.datasets import Dataset
+from fedplug.errors import ConfigError, FedplugError, NodeError, PlanError
+from fedplug.plan import TrainingArgs, TrainingPlan, params_spec
+from fedplug.planref import load_plan_class
+from fedplug.plugins import FedplugPluginManager, get_plugin_manager
+
+# Nodes alive in this process, for experiments that name only tags (the Fed-BioMed form).
+_LIVE_NODES: weakref.WeakSet[Node] = weakref.WeakSet()
+
+
+def local_nodes() -> list[Node]:
+    """Nodes created in this process and not yet garbage-collected, sorted by name."""
+    return sorted(_LIVE_NODES, key=lambda node: node.name)
+
+
+@dataclass
+class _Session:
+    plan: TrainingPlan
+    spec: dict[str, tuple[tuple[int, ...], str]]
+    args: TrainingArgs
+    train: Dataset
+    test: Dataset | None
+
+
+class Node:
+    """A data holder that trains plans on request.
+
+    :param name: unique name of this node in a federation.
+    :param datasets: the node's datasets; experiments select one by tags.
+    :param approval: when True, a plan shipped as source runs only if its hash was approved
+        (:meth:`approve_plan`); registered plans always run. Local simulations may leave it off.
+    :param plugin_manager: where plans, dataset types and model adapters come from.
+    :param max_sessions: experiments whose state the node keeps at once (oldest dropped first).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        datasets: Iterable[Dataset] | Dataset = (),
+        *,
+        approval: bool = False,
+        approved_plans: Iterable[str] = (),
+        plugin_manager: FedplugPluginManager | None = None,
+        max_sessions: int = 8,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a node name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.datasets: list[Dataset] = []
+        for dataset in [datasets] if isinstance(datasets, Dataset) else datasets:
+            self.add_dataset(dataset)
+        self.approval = approval
+        self.approved_plans: set[str] = set(approved_plans)
+        self.pm = plugin_manager or get_plugin_manager()
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._plan_classes: dict[str, type[TrainingPlan]] = {}
+        self._lock = threading.Lock()
+        _LIVE_NODES.add(self)
+
+    def __repr__(self) -> str:
+        return f"Node({self.name!r}, datasets={[d.name for d in self.datasets]})"
+
+    # -- administration -------------------------------------------------------------------------
+    def add_dataset(self, dataset: Dataset) -> None:
+        if not isinstance(dataset, Dataset):
+            raise ConfigError(f"node {self.name!r}: expected a fedplug Dataset, got {dataset!r}")
+        self.datasets.append(dataset)
+
+    def approve_plan(self, sha256: str) -> None:
+        self.approved_plans.add(sha256)
+
+    def tags(self) -> list[list[str]]:
+        """The tags of each dataset, as advertised to researchers."""
+        return [list(d.tags) for d in self.datasets]
+
+    def find_dataset(self, tags: list[str]) -> Dataset:
+        matches = [d for d in self.datasets if d.matches(tags)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NodeError(self.name, f"no dataset matches tags {tags}; it has {self.tags()}")
+        raise NodeError(
+            self.name,
+            f"{len(matches)} datasets match tags {tags} ({[d.name for d in matches]}); "
+            "give the experiment tags that select exactly one",
+        )
+
+    # -- request handling -----------------------------------------------------------------------
+    def handle(self, payload: bytes) -> bytes:
+        """Serve one request; always returns reply bytes."""
+        experiment_id, round_index = "", -1
+        try:
+            request = msg.decode(payload, (msg.TrainRequest, msg.EvaluateRequest))
+            experiment_id, round_index = request.experiment_id, request.round_index
+            with self._lock:
+                if isinstance(request, msg.TrainRequest):
+                    reply = self._train(request)
+                else:
+                    reply = self._evaluate(request)
+        except FedplugError as exc:
+            reply = self._error(experiment_id, round_index, exc)
+        except Exception as exc:  # a bug in plan code must not take the node down
+            reply = self._error(experiment_id, round_index, PlanError(_describe(exc)))
+        return msg.encode(reply)
+
+    def _error(self, experiment_id: str, round_index: int, exc: FedplugError) -> msg.ErrorReply:
+        text = exc.detail if isinstance(exc, NodeError) else str(exc)
+        return msg.ErrorReply(experiment_id, round_index, self.name, type(exc).__name__, text)
+
+    def _plan_class(self, ref: msg.PlanRef) -> type[TrainingPlan]:
+        key = ref.name or ref.sha256 or ""
+        if key not in self._plan_classes:
+            if ref.name is None and self.approval and ref.sha256 not in self.approved_plans:
+                raise NodeError(
+                    self.name,
+                    f"training plan {ref.class_name} (sha256 {ref.sha256}) is not approved on "
+                    f"this node; its code was not run. Approve it with "
+                    f"`fedplug node plan approve {ref.sha256}`",
+                )
+            self._plan_classes[key] = load_plan_class(ref, self.pm.training_plans)
+        return self._plan_classes[key]
+
+    def _session(self, request: msg.TrainRequest | msg.EvaluateRequest) -> _Session:
+        session = self._sessions.get(request.experiment_id)
+        if session is not None:
+            self._sessions.move_to_end(request.experiment_id)
+            return session
+        args = TrainingArgs.from_dict(request.training_args)
+        plan_cls = self._plan_class(request.plan)
+        dataset = self.find_dataset(request.tags)
+        plan_cls.init_seed(args.seed)
+        plan = plan_cls(request.model_args)
+        plan.plugin_manager = self.pm
+        train, test = dataset.split(args.test_ratio, args.seed)
+        train = plan.training_data(train, args)
+        if len(train) == 0:
+            raise NodeError(self.name, f"dataset {dataset.name!r} has no training samples")
+        session = _Session(plan, params_spec(plan.get_parameters()), args, train, test)
+        self._sessions[request.experiment_id] = session
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return session
+
+    def _load_params(self, session: _Session, params: dict[str, np.ndarray]) -> None:
+        received = params_spec(params)
+        if received != session.spec:
+            missing = sorted(set(session.spec) - set(received))
+            extra = sorted(set(received) - set(session.spec))
+            wrong = [
+                f"{name}: got {received[name]}, plan has {session.spec[name]}"
+                for name in sorted(set(received) & set(session.spec))
+                if received[name] != session.spec[name]
+            ]
+            raise NodeError(
+                self.name,
+                "received parameters do not match the plan's model "
+                f"(missing {missing}, unexpected {extra}, mismatched {wrong})",
+            )
+        session.plan.set_parameters(params)
+
+    def _train(self, request: msg.TrainRequest) -> msg.TrainReply:
+        start = time.perf_counter()
+        session = self._session(request)
+        self._load_params(session, request.params)
+        args = session.args
+        if args.seed is not None:
+            args = _with_round_seed(args, request.round_index)
+        result = session.plan.train(session.train, args)
+        if not math.isfinite(result.loss):
+            raise PlanError(
+                f"training diverged at round {request.round_index}: loss is {result.loss}; "
+                "lower the learning rate or check the data"
+            )
+        return msg.TrainReply(
+            experiment_id=request.experiment_id,
+            round_index=request.round_index,
+            node=self.name,
+            params=session.plan.get_parameters(),
+            n_samples=result.n_samples,
+            n_steps=result.n_steps,
+            train_loss=float(result.loss),
+            duration_s=time.perf_counter() - start,
+        )
+
+    def _evaluate(self, request: msg.EvaluateRequest) -> msg.EvaluateReply:
+        start = time.perf_counter()
+        session = self._session(request)
+        metrics: dict[str, float] = {}
+        n_samples = 0
+        if session.test is not None:
+            self._load_params(session, request.params)
+            raw = session.plan.evaluate(session.test, session.args)
+            metrics = {key: float(value) for key, value in raw.items() if math.isfinite(value)}
+            n_samples = len(session.test)
+        return msg.EvaluateReply(
+            experiment_id=request.experiment_id,
+            round_index=request.round_index,
+            node=self.name,
+            metrics=metrics,
+            n_samples=n_samples,
+            duration_s=time.perf_counter() - start,
+        )
+
+
+def _with_round_seed(args: TrainingArgs, round_index: int) -> TrainingArgs:
+    return replace(args, seed=args.seed + 1_000_003 * (round_index + 1))
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message (at file:line in function)`` for the innermost frame of a plan error."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    hint = ""
+    if isinstance(exc, NameError):
+        hint = "; a plan shipped as source must declare its imports with add_dependency([...])"
+    return f"{type(exc).__name__}: {exc}{where}{hint}"
+

@@ -1,0 +1,253 @@
+"""``fedplug.Optimizer``: a thin, validated interface over ``declearn.optimizer.Optimizer``.
+
+The same class serves both sides of a federation:
+
+- node side, a plan sets ``self.optimizer = Optimizer(lr=..., modules=["adam"])``; each step, the
+  optimizer asks the ``fedplug_model_adapter`` hook for an adapter of the plan's model, reads its
+  gradients and applies declearn's update to it;
+- researcher side, ``Experiment(agg_optimizer=Optimizer(lr=1.0, modules=["momentum"]))`` treats
+  ``global - aggregated`` as a pseudo-gradient (FedAvgM, FedAdam, FedYogi, ...).
+
+declearn is imported only when an ``Optimizer`` is built: importing it loads all of declearn
+(seconds), which ``import fedplug`` and a node's start-up must not pay.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from fedplug.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedplug.plan import Params
+    from fedplug.plugins import FedplugPluginManager
+
+Spec = Any  # a declearn instance, a registry name, or a (name, config) pair
+
+
+class ModelAdapter(Protocol):
+    """What ``fedplug_model_adapter`` returns: the view of a model that declearn steps."""
+
+    def get_weights(self, trainable: bool = True) -> Any:
+        """The model's trainable weights as a declearn ``Vector`` (views, not copies)."""
+
+    def apply_updates(self, updates: Any) -> None:
+        """Add a declearn ``Vector`` of updates to the weights, in place."""
+
+    def gradients(self) -> Any:
+        """The gradients of the last backward pass, as a declearn ``Vector``."""
+
+
+class NumpyAdapter:
+    """Adapter over a dict of numpy arrays (core's numpy plans and the researcher's global model)."""
+
+    def __init__(self, params: Params, grads: Params | None = None) -> None:
+        self.params = params
+        self.grads = grads
+
+    def get_weights(self, trainable: bool = True) -> Any:
+        from declearn.model.sklearn import NumpyVector
+
+        return NumpyVector(self.params)
+
+    def apply_updates(self, updates: Any) -> None:
+        for name, update in updates.coefs.items():
+            self.params[name] += update
+
+    def gradients(self) -> Any:
+        from declearn.model.sklearn import NumpyVector
+
+        if self.grads is None:
+            raise ConfigError("this numpy model has no gradients yet; run a backward pass first")
+        return NumpyVector(self.grads)
+
+
+def _registry(kind: str) -> dict[str, type]:
+    from declearn import optimizer as dl
+
+    return {
+        "module": dl.list_optim_modules,
+        "regularizer": dl.list_optim_regularizers,
+        "scheduler": dl.list_rate_schedulers,
+    }[kind]()
+
+
+def _parse(kind: str, base: type, specs: Sequence[Spec]) -> list[Any]:
+    """Instantiate declearn plug-ins from instances, names or (name, config) pairs."""
+    if isinstance(specs, str) or (
+        isinstance(specs, tuple) and len(specs) == 2 and isinstance(specs[1], dict)
+    ):
+        specs = [specs]  # a single spec given where a sequence is expected
+    out = []
+    for spec in specs:
+        if isinstance(spec, base):
+            out.append(spec)
+            continue
+        if isinstance(spec, str):
+            name, config = spec, {}
+        elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
+            name, config = spec
+        else:
+            raise ConfigError(
+                f"an optimizer {kind} must be a declearn instance, a name or a (name, config) pair, "
+                f"got {spec!r}"
+            )
+        available = _registry(kind)
+        if name not in available:
+            raise ConfigError(
+                f"unknown optimizer {kind} {name!r}; available: {', '.join(sorted(available))}"
+            )
+        cls = available[name]
+        try:
+            out.append(cls.from_config(dict(config)))
+        except (TypeError, ValueError, KeyError) as exc:
+            params = ", ".join(
+                p for p in inspect.signature(cls.__init__).parameters if p != "self"
+            )
+            raise ConfigError(
+                f"invalid config {config!r} for optimizer {kind} {name!r}: {exc}; "
+                f"its parameters are: {params}"
+            ) from exc
+    return out
+
+
+def _parse_rate(what: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ConfigError(f"optimizer {what} must be a number or a scheduler, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not np.isfinite(value) or value < 0 or (what == "lr" and value == 0):
+            raise ConfigError(f"optimizer {what} must be a positive finite number, got {value!r}")
+        return float(value)
+    from declearn.optimizer.schedulers import Scheduler
+
+    return _parse("scheduler", Scheduler, [value])[0]
+
+
+class Optimizer:
+    """A declearn optimizer: learning rate, decoupled weight decay, modules and regularizers.
+
+    :param lr: learning rate (float), or a declearn scheduler (instance or ``(name, config)``).
+    :param decay: decoupled weight-decay rate (float or scheduler).
+    :param modules: gradient-transform modules applied in order: declearn ``OptiModule``
+        instances, registry names (``"adam"``) or ``(name, config)`` pairs
+        (``("momentum", {"beta": 0.9})``). :meth:`available_modules` lists the names.
+    :param regularizers: loss regularizers (``"fedprox"``, ``"lasso"``, ``"ridge"``), same forms.
+    """
+
+    def __init__(
+        self,
+        lr: Any,
+        decay: Any = 0.0,
+        modules: Sequence[Spec] = (),
+        regularizers: Sequence[Spec] = (),
+    ) -> None:
+        from declearn.optimizer import Optimizer as DeclearnOptimizer
+        from declearn.optimizer.modules import OptiModule
+        from declearn.optimizer.regularizers import Regularizer
+
+        self._optim = DeclearnOptimizer(
+            lrate=_parse_rate("lr", lr),
+            w_decay=_parse_rate("decay", decay),
+            modules=_parse("module", OptiModule, modules),
+            regularizers=_parse("regularizer", Regularizer, regularizers),
+        )
+        self._adapters: dict[int, Any] = {}
+
+    # -- what exists ----------------------------------------------------------------------------
+    @staticmethod
+    def available_modules() -> dict[str, type]:
+        """declearn ``OptiModule`` classes by registry name (including third-party ones)."""
+        return _registry("module")
+
+    @staticmethod
+    def available_regularizers() -> dict[str, type]:
+        """declearn ``Regularizer`` classes by registry name."""
+        return _registry("regularizer")
+
+    @staticmethod
+    def available_schedulers() -> dict[str, type]:
+        """declearn learning-rate ``Scheduler`` classes by registry name."""
+        return _registry("scheduler")
+
+    # -- introspection --------------------------------------------------------------------------
+    @property
+    def declearn(self) -> Any:
+        """The wrapped ``declearn.optimizer.Optimizer``."""
+        return self._optim
+
+    @property
+    def lr(self) -> float:
+        return self._optim.lrate
+
+    @property
+    def module_names(self) -> list[str]:
+        return [module.name for module in self._optim.modules]
+
+    @property
+    def regularizer_names(self) -> list[str]:
+        return [reg.name for reg in self._optim.regularizers]
+
+    def __repr__(self) -> str:
+        return (
+            f"Optimizer(lr={self.lr!r}, decay={self._optim.w_decay!r}, "
+            f"modules={self.module_names!r}, regularizers={self.regularizer_names!r})"
+        )
+
+    def set_lr(self, lr: float) -> None:
+        """Use a constant learning rate ``lr`` from now on, keeping module states (moments...)."""
+        lr = _parse_rate("lr", lr)
+        config = self._optim.get_config()
+        if config["lrate"] == lr:
+            return
+        modules_state = self._optim.get_state()["modules"]
+        optim = type(self._optim).from_config({**config, "lrate": lr})
+        optim.set_state({**optim.get_state(), "modules": modules_state})
+        self._optim = optim
+
+    # -- node side ------------------------------------------------------------------------------
+    def adapter(self, model: Any, plugin_manager: FedplugPluginManager | None = None) -> Any:
+        """The adapter of ``model`` from the ``fedplug_model_adapter`` hook (cached per model)."""
+        key = id(model)
+        if key not in self._adapters:
+            if plugin_manager is None:
+                from fedplug.plugins import get_plugin_manager
+
+                plugin_manager = get_plugin_manager()
+            self._adapters = {key: (model, plugin_manager.model_adapter(model))}
+        return self._adapters[key][1]
+
+    def start_round(self) -> None:
+        """Tell modules, regularizers and schedulers that a round starts (e.g. FedProx anchors)."""
+        self._optim.start_round()
+
+    def step(self, model: Any, plugin_manager: FedplugPluginManager | None = None) -> None:
+        """Apply one update to ``model`` from the gradients of its last backward pass."""
+        adapter = self.adapter(model, plugin_manager)
+        self._optim.apply_gradients(adapter, adapter.gradients())
+
+    # -- researcher side ------------------------------------------------------------------------
+    def step_global(self, global_params: Params, aggregated: Params) -> Params:
+        """New global parameters from the pseudo-gradient ``global - aggregated``."""
+        params = {name: np.array(value, copy=True) for name, value in global_params.items()}
+        grads = {name: params[name] - aggregated[name] for name in params}
+        adapter = NumpyAdapter(params, grads)
+        self._optim.apply_gradients(adapter, adapter.gradients())
+        return params
+
+    # -- state ----------------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return self._optim.get_config()
+
+    def get_state(self) -> dict[str, Any]:
+        """Module states (moments, ...) and scheduler positions, for checkpoints."""
+        return self._optim.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        try:
+            self._optim.set_state(state)
+        except (KeyError, RuntimeError) as exc:
+            raise ConfigError(f"optimizer state does not match its modules: {exc}") from exc

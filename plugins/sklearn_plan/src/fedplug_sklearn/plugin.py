@@ -1,0 +1,32 @@
+"""fedplug-sklearn's plugin module (entry point ``sklearn``): plans and the estimator adapter.
+
+Importing this module is cheap: scikit-learn is imported inside the hooks, when they run.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from fedplug import hookimpl
+from fedplug.hookspecs import Register
+
+
+@hookimpl
+def fedplug_register_training_plans(register: Register) -> None:
+    from fedplug_sklearn.plan import PerceptronPlan, SGDClassifierPlan, SGDRegressorPlan
+
+    register("sklearn-sgd", SGDClassifierPlan)
+    register("sklearn-sgd-regressor", SGDRegressorPlan)
+    register("sklearn-perceptron", PerceptronPlan)
+
+
+@hookimpl
+def fedplug_model_adapter(model: Any) -> Any:
+    if "sklearn" not in sys.modules:  # then ``model`` cannot be an estimator
+        return None
+    from fedplug_sklearn.plan import SUPPORTED_ESTIMATORS, SklearnAdapter
+
+    if isinstance(model, SUPPORTED_ESTIMATORS):
+        return SklearnAdapter(model)
+    return None

@@ -1,0 +1,312 @@
+"""``TorchTrainingPlan``: PyTorch models trained by fedplug nodes, and the declearn adapter."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedplug.datasets import Dataset
+from fedplug.errors import ConfigError, PlanError
+from fedplug.optimizer import Optimizer
+from fedplug.plan import Params, TrainingArgs, TrainingPlan, TrainResult
+
+
+class TorchAdapter:
+    """Lets a declearn optimizer read gradients of, and apply updates to, an ``nn.Module``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+    def get_weights(self, trainable: bool = True) -> Any:
+        from declearn.model.torch import TorchVector
+
+        return TorchVector({name: p.detach() for name, p in self.params.items()})
+
+    def apply_updates(self, updates: Any) -> None:
+        with torch.no_grad():
+            for name, update in updates.coefs.items():
+                self.params[name].add_(update)
+
+    def gradients(self) -> Any:
+        from declearn.model.torch import TorchVector
+
+        return TorchVector(
+            {
+                name: p.grad if p.grad is not None else torch.zeros_like(p)
+                for name, p in self.params.items()
+            }
+        )
+
+
+def resolve_device(asked: str) -> torch.device:
+    """``cuda`` when it is asked for (or ``auto``) and available, else ``cpu``."""
+    if asked == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda" if asked == "auto" else asked)
+    if asked != "auto":
+        warnings.warn(f"device {asked!r} was asked for but CUDA is not available; using cpu", stacklevel=2)
+    return torch.device("cpu")
+
+
+class TorchTrainingPlan(TrainingPlan):
+    """A training plan over a ``torch.nn.Module``.
+
+    In ``__init__(self, model_args=None)``, call ``super().__init__(model_args)`` and set
+    ``self.model``, ``self.loss`` and optionally ``self.optimizer`` (a ``torch.optim`` optimizer
+    over ``self.parameters()``, or a :class:`fedplug.Optimizer`; default: SGD at the ``lr``
+    training argument). Override :meth:`training_step` for anything beyond ``loss(model(x), y)``,
+    and :meth:`training_data` to train on something other than the node's tagged dataset (it may
+    return a ``torch.utils.data.DataLoader``).
+    """
+
+    framework = "torch"
+
+    def __init__(self, model_args: dict[str, Any] | None = None) -> None:
+        super().__init__(model_args)
+        self.model: nn.Module | None = None
+        self.loss: Callable[..., torch.Tensor] | None = None
+        self.device = torch.device("cpu")
+        self._tensors: dict[int, tuple[Dataset, torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def init_seed(cls, seed: int | None) -> None:
+        if seed is not None:
+            torch.manual_seed(seed)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The model's parameters, for building a torch optimizer in ``__init__``."""
+        return self._model().parameters()
+
+    def _model(self) -> nn.Module:
+        if not isinstance(self.model, nn.Module):
+            raise PlanError(
+                f"{type(self).__name__}.model must be a torch.nn.Module set in __init__, "
+                f"got {self.model!r}"
+            )
+        return self.model
+
+    # -- parameters -----------------------------------------------------------------------------
+    def get_parameters(self) -> Params:
+        return {
+            name: tensor.detach().cpu().numpy().copy()
+            for name, tensor in self._model().state_dict().items()
+        }
+
+    def set_parameters(self, params: Params) -> None:
+        state = self._model().state_dict()
+        with torch.no_grad(), warnings.catch_warnings():
+            # decoded arrays are read-only views of the message; copy_ only reads them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for name, value in params.items():
+                state[name].copy_(torch.from_numpy(np.asarray(value)))
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, data: Any, target: Any) -> torch.Tensor:
+        """The loss of one batch (override for custom forward passes)."""
+        if self.loss is None:
+            raise PlanError(f"{type(self).__name__} sets no self.loss and does not override training_step")
+        return self.loss(self.model(data), target)
+
+    def _torch_optimizer(self, args: TrainingArgs) -> Any:
+        if self.optimizer is None:
+            self.optimizer = torch.optim.SGD(self.parameters(), lr=args.lr or 0.01)
+        optimizer = self.optimizer
+        if isinstance(optimizer, Optimizer):
+            if args.lr is not None:
+                optimizer.set_lr(args.lr)
+            if args.optimizer_args:
+                raise ConfigError(
+                    "training argument 'optimizer_args' applies to torch optimizers; a "
+                    "fedplug.Optimizer takes its settings in its constructor"
+                )
+            return optimizer
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise PlanError(
+                f"{type(self).__name__}.optimizer must be a torch.optim optimizer or a "
+                f"fedplug.Optimizer, got {type(optimizer).__name__}"
+            )
+        for group in optimizer.param_groups:
+            if args.lr is not None:
+                group["lr"] = args.lr
+            for key, value in args.optimizer_args.items():
+                if key not in group:
+                    raise ConfigError(
+                        f"optimizer_args key {key!r} is not a setting of {type(optimizer).__name__} "
+                        f"(its settings: {', '.join(sorted(k for k in group if k != 'params'))})"
+                    )
+                group[key] = value
+        return optimizer
+
+    def _to_tensors(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dataset as tensors on the plan's device, converted once and kept."""
+        cached = self._tensors.get(id(dataset))
+        if cached is None or cached[0] is not dataset:
+            x, y = torch.as_tensor(dataset.x), torch.as_tensor(dataset.y)
+            if x.dtype == torch.float64:
+                x = x.float()
+            if y.dtype == torch.float64:
+                y = y.float()
+            cached = (dataset, x.to(self.device), y.to(self.device))
+            if len(self._tensors) >= 4:
+                self._tensors.clear()
+            self._tensors[id(dataset)] = cached
+        return cached[1], cached[2]
+
+    def _batches(self, data: Any, args: TrainingArgs, generator: torch.Generator | None) -> Iterator[tuple[Any, Any]]:
+        steps = None
+        if isinstance(data, torch.utils.data.DataLoader):
+            steps = args.num_updates if args.num_updates is not None else (args.epochs or 1) * len(data)
+            done = 0
+            while done < steps:
+                for batch in data:
+                    xb, yb = batch[0], batch[1]
+                    yield _to(xb, self.device), _to(yb, self.device)
+                    done += 1
+                    if done == steps:
+                        return
+            return
+        x, y = self._to_tensors(data)
+        n = len(x)
+        steps = args.num_steps(n)
+        done = 0
+        while done < steps:
+            order = torch.randperm(n, generator=generator).to(self.device)
+            for start in range(0, n, args.batch_size):
+                index = order[start : start + args.batch_size]
+                yield x[index], y[index]
+                done += 1
+                if done == steps:
+                    return
+
+    def train(self, dataset: Dataset, args: TrainingArgs) -> TrainResult:
+        model = self._model()
+        device = resolve_device(args.device)
+        if device != self.device:
+            model.to(device)
+            self.device = device
+            self._tensors.clear()
+        optimizer = self._torch_optimizer(args)
+        declearn_step = isinstance(optimizer, Optimizer)
+        if declearn_step:
+            optimizer.start_round()
+        generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+        data = self.training_data(dataset, args)
+        n_samples = len(data.dataset) if isinstance(data, torch.utils.data.DataLoader) else len(data)
+        model.train()
+        total = torch.zeros((), device=self.device)
+        steps = 0
+        for xb, yb in self._batches(data, args, generator):
+            if declearn_step:
+                model.zero_grad(set_to_none=True)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+            loss = self.training_step(xb, yb)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise PlanError(f"training_step must return a scalar tensor, got {loss!r}")
+            loss.backward()
+            if declearn_step:
+                optimizer.step(model, self.plugin_manager)
+            else:
+                optimizer.step()
+            total += loss.detach()
+            steps += 1
+        if steps == 0:
+            raise PlanError("training ran zero steps: the training data is empty")
+        return TrainResult(n_samples=n_samples, n_steps=steps, loss=float(total) / steps)
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def testing_step(self, data: Any, target: Any) -> dict[str, float]:
+        """Metrics of one evaluation batch (override for custom metrics). Default: ``loss`` and,
+        for integer targets and one output column per class, ``accuracy``."""
+        output = self.model(data)
+        metrics: dict[str, float] = {}
+        if self.loss is not None:
+            metrics["loss"] = float(self.loss(output, target))
+        if not torch.is_floating_point(target) and output.dim() == 2 and output.shape[1] > 1:
+            metrics["accuracy"] = float((output.argmax(dim=1) == target).float().mean())
+        return metrics
+
+    def evaluate(self, dataset: Dataset, args: TrainingArgs) -> dict[str, float]:
+        model = self._model()
+        model.eval()
+        x, y = self._to_tensors(dataset)
+        totals: dict[str, float] = {}
+        size = max(args.batch_size, 1024)
+        with torch.no_grad():
+            for start in range(0, len(x), size):
+                xb, yb = x[start : start + size], y[start : start + size]
+                for key, value in self.testing_step(xb, yb).items():
+                    totals[key] = totals.get(key, 0.0) + float(value) * len(xb)
+        return {key: value / len(x) for key, value in totals.items()}
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device) if torch.is_tensor(value) else value
+
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+
+
+class TorchMLPPlan(TorchTrainingPlan):
+    """A multi-layer perceptron configured by ``model_args`` (registered as ``torch-mlp``).
+
+    - ``layers``: sizes from input to output, e.g. ``[30, 64, 2]`` (required);
+    - ``activation``: ``relu`` (default), ``tanh``, ``sigmoid`` or ``gelu``;
+    - ``loss``: ``cross_entropy`` (default; integer targets) or ``mse``;
+    - ``optimizer``: ``{"type": "sgd" | "adam", "lr": ...}`` for a torch optimizer, or
+      ``{"type": "fedplug", "lr": ..., "modules": [...], "regularizers": [...]}`` for a
+      :class:`fedplug.Optimizer`; default torch SGD at the ``lr`` training argument.
+    """
+
+    def __init__(self, model_args: dict[str, Any] | None = None) -> None:
+        super().__init__(model_args)
+        layers = self.model_args.get("layers")
+        if not (
+            isinstance(layers, list) and len(layers) >= 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in layers)
+        ):
+            raise ConfigError(f"model_args['layers'] must be a list of >= 2 positive ints, got {layers!r}")
+        activation = self.model_args.get("activation", "relu")
+        if activation not in _ACTIVATIONS:
+            raise ConfigError(f"model_args['activation'] must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        modules: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(layers, layers[1:])):
+            modules.append(nn.Linear(n_in, n_out))
+            if i < len(layers) - 2:
+                modules.append(_ACTIVATIONS[activation]())
+        self.model = nn.Sequential(*modules)
+        loss = self.model_args.get("loss", "cross_entropy")
+        losses = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss}
+        if loss not in losses:
+            raise ConfigError(f"model_args['loss'] must be one of {sorted(losses)}, got {loss!r}")
+        self.loss = losses[loss]()
+        self.optimizer = self._build_optimizer(self.model_args.get("optimizer"))
+
+    def _build_optimizer(self, spec: Any) -> Any:
+        if spec is None:
+            return None
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise ConfigError(f"model_args['optimizer'] must be a dict with a 'type', got {spec!r}")
+        spec = dict(spec)
+        kind = spec.pop("type")
+        lr = spec.pop("lr", 0.01)
+        if kind == "fedplug":
+            return Optimizer(
+                lr=lr,
+                decay=spec.pop("decay", 0.0),
+                modules=[tuple(m) if isinstance(m, list) else m for m in spec.pop("modules", [])],
+                regularizers=[tuple(r) if isinstance(r, list) else r for r in spec.pop("regularizers", [])],
+            )
+        natives = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+        if kind not in natives:
+            raise ConfigError(f"optimizer type must be 'fedplug', 'sgd' or 'adam', got {kind!r}")
+        try:
+            return natives[kind](self.parameters(), lr=lr, **spec)
+        except TypeError as exc:
+            raise ConfigError(f"invalid {kind} optimizer settings {spec!r}: {exc}") from exc
