@@ -437,8 +437,8 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def _postfix(row: dict[str, Any]) -> str:
-    parts = [f"loss={row['train_loss_mean']:.4f}"]
+    parts = [f"train_loss={row['train_loss_mean']:.4f}"]
     for key, value in row.get("validation_global", {}).items():
         if key != "n_samples":
-            parts.append(f"{key}={value:.4f}")
+            parts.append(f"val_{key}={value:.4f}")
     return " ".join(parts)

@@ -1,0 +1,126 @@
+"""The ``fedplug`` command."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedplug",
+        description="Federated learning: a minimal core plus installable plugins.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run a federated experiment on the embedded breast-cancer data")
+    demo.add_argument("--plan", choices=["torch", "sklearn"], default="torch", help="training plan (default: torch)")
+    demo.add_argument("--rounds", type=_positive, default=20, help="rounds (default: 20)")
+    demo.add_argument("--nodes", type=_positive, default=3, help="hospitals (default: 3)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--workers", type=_positive, default=None, help="nodes trained at once (default: CPU cores)")
+    demo.add_argument("--out", default="fedplug-demo", help="folder for results.json, model.npz, learning_curve.png")
+    demo.add_argument("--json", action="store_true", help="print one JSON summary line instead of the table")
+
+    plugins = commands.add_parser("plugins", help="list installed plugins, their hooks and load errors")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+
+    optimizers = commands.add_parser("optimizers", help="list declearn optimizer modules, regularizers and schedulers")
+    optimizers.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fedplug.demo import run_demo
+
+    run_demo(
+        plan=args.plan, rounds=args.rounds, nodes=args.nodes, seed=args.seed, out=args.out,
+        as_json=args.json, workers=args.workers,
+    )
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from fedplug.plugins import get_plugin_manager
+    from fedplug.report import format_table
+
+    infos = get_plugin_manager().plugin_infos()
+    if args.json:
+        print(json.dumps([info.as_dict() for info in infos], indent=2))
+        return 0
+    rows = [
+        [info.name, info.distribution or "-", info.version or "-",
+         "disabled" if info.disabled else ("ERROR: " + info.error if info.error else ", ".join(h.removeprefix("fedplug_") for h in info.hooks))]
+        for info in infos
+    ]
+    print(format_table(["plugin", "distribution", "version", "hooks / status"], rows))
+    return 0
+
+
+def _defaults(cls: type) -> dict[str, object]:
+    return {
+        name: param.default
+        for name, param in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and param.default is not inspect.Parameter.empty
+    }
+
+
+def _cmd_optimizers(args: argparse.Namespace) -> int:
+    from fedplug.optimizer import Optimizer
+
+    listing = {
+        "modules": Optimizer.available_modules(),
+        "regularizers": Optimizer.available_regularizers(),
+        "schedulers": Optimizer.available_schedulers(),
+    }
+    table = {
+        kind: {name: {k: repr(v) if not isinstance(v, (int, float, str, bool, type(None))) else v
+                      for k, v in _defaults(cls).items()}
+               for name, cls in sorted(entries.items())}
+        for kind, entries in listing.items()
+    }
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    for kind, entries in table.items():
+        print(f"{kind}:")
+        for name, defaults in entries.items():
+            settings = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+            print(f"  {name:32} {settings}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from fedplug.errors import FedplugError
+
+    handler = {"demo": _cmd_demo, "plugins": _cmd_plugins, "optimizers": _cmd_optimizers}[args.command]
+    try:
+        return handler(args)
+    except FedplugError as exc:
+        print(f"fedplug: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedplug: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

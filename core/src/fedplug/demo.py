@@ -1,0 +1,154 @@
+"""The embedded demo: breast-cancer diagnosis across label-skewed "hospitals".
+
+sklearn's breast-cancer data (569 patients, 30 features; shipped inside fedplug, no download) is
+standardised and split over nodes whose share of benign cases differs (0.27 / 0.68 / 0.90 for three
+nodes: the W1 workload of BENCHMARKS.md); 20 % of each node is held out for validation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedplug.datasets import Dataset
+from fedplug.errors import ConfigError
+from fedplug.experiment import Experiment
+from fedplug.node import Node
+from fedplug.plugins import get_plugin_manager
+from fedplug.report import format_table, plot_history, results_rows
+
+TAGS = ["breast-cancer"]
+W1_SIZES = (181, 189, 199)
+W1_SHARES = (0.27, 0.68, 0.90)
+
+# plan choice -> (registered plan name, plugin to install, model_args, training_args)
+PLANS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
+    "torch": (
+        "torch-mlp",
+        "fedplug-torch",
+        {"layers": [30, 64, 2], "optimizer": {"type": "fedplug", "lr": 0.003, "modules": ["adam"]}},
+        {"batch_size": 16, "epochs": 1},
+    ),
+    "sklearn": (
+        "sklearn-sgd",
+        "fedplug-sklearn",
+        {"n_features": 30, "classes": [0, 1], "loss": "log_loss", "alpha": 0.0001,
+         "learning_rate": "constant", "eta0": 0.05},
+        {"batch_size": 16, "epochs": 1},
+    ),
+}
+
+
+def load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    """Standardised features (float32) and labels (1 = benign) of the embedded dataset."""
+    with resources.files("fedplug").joinpath("data/breast_cancer.npz").open("rb") as handle:
+        data = np.load(handle, allow_pickle=False)
+        x, y = data["x"], data["y"]
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def label_skew_split(y: np.ndarray, n_nodes: int, seed: int = 0) -> list[np.ndarray]:
+    """Index arrays, one per node, using every sample once, with class-1 shares spread from
+    0.27 to 0.90 (exactly W1's split for three nodes)."""
+    if n_nodes < 1 or n_nodes > len(y) // 10:
+        raise ConfigError(f"nodes must be between 1 and {len(y) // 10}, got {n_nodes}")
+    if n_nodes == 3:
+        sizes, shares = np.array(W1_SIZES), np.array(W1_SHARES)
+    else:
+        sizes = np.full(n_nodes, len(y) // n_nodes)
+        sizes[: len(y) % n_nodes] += 1
+        shares = np.linspace(0.27, 0.90, n_nodes) if n_nodes > 1 else np.array([np.mean(y)])
+    ones = np.round(sizes * shares).astype(int)
+    ones += _spread(int(y.sum()) - int(ones.sum()), ones, sizes)
+    rng = np.random.default_rng(seed)
+    pools = {label: list(rng.permutation(np.flatnonzero(y == label))) for label in (0, 1)}
+    parts = []
+    for size, n_one in zip(sizes, ones, strict=True):
+        take = [pools[1].pop() for _ in range(n_one)] + [pools[0].pop() for _ in range(size - n_one)]
+        parts.append(np.array(sorted(take)))
+    return parts
+
+
+def _spread(residual: int, ones: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Distribute a rounding residual of class-1 counts over nodes without exceeding their size."""
+    fix = np.zeros_like(ones)
+    i = 0
+    while residual:
+        step = 1 if residual > 0 else -1
+        node = i % len(ones)
+        if 0 <= ones[node] + fix[node] + step <= sizes[node]:
+            fix[node] += step
+            residual -= step
+        i += 1
+    return fix
+
+
+def demo_nodes(n_nodes: int = 3, seed: int = 0, **node_kwargs: Any) -> list[Node]:
+    x, y = load_breast_cancer()
+    return [
+        Node(f"hospital-{i + 1}", Dataset(x[idx], y[idx], tags=TAGS, name=f"breast-cancer-{i + 1}"), **node_kwargs)
+        for i, idx in enumerate(label_skew_split(y, n_nodes, seed))
+    ]
+
+
+def run_demo(
+    plan: str = "torch",
+    rounds: int = 20,
+    nodes: int = 3,
+    seed: int = 0,
+    out: str | Path = "fedplug-demo",
+    as_json: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Run the demo experiment; print the results table (or one JSON line); write results.json
+    and learning_curve.png under ``out``. Returns the JSON summary."""
+    if plan not in PLANS:
+        raise ConfigError(f"--plan must be one of {sorted(PLANS)}, got {plan!r}")
+    start = time.perf_counter()
+    plan_name, dist, model_args, training_args = PLANS[plan]
+    pm = get_plugin_manager()
+    if plan_name not in pm.training_plans:
+        raise ConfigError(f"the {plan} demo needs the plan {plan_name!r}: pip install {dist}")
+    exp = Experiment(
+        nodes=demo_nodes(nodes, seed, plugin_manager=pm),
+        tags=TAGS,
+        training_plan=plan_name,
+        model_args=model_args,
+        training_args={**training_args, "test_ratio": 0.2},
+        round_limit=rounds,
+        seed=seed,
+        progress=progress and not as_json,
+        plugin_manager=pm,
+        workers=workers,
+    )
+    history = exp.run()
+    seconds = time.perf_counter() - start
+    rows = results_rows(history, "accuracy")
+    summary = {
+        "rounds": len(history),
+        "plan": plan_name,
+        "nodes": nodes,
+        "global_accuracy": history[-1]["validation_global"].get("accuracy"),
+        "per_node": {row[0]: row[3] for row in rows[:-1]},
+        "seconds": round(seconds, 3),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"summary": summary, "history": history}, indent=2))
+    exp.save_model(out / "model.npz")
+    curve = plot_history(history, out / "learning_curve.png", "accuracy", f"fedplug demo: {plan_name}, {nodes} hospitals")
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print()
+        print(format_table(["node", "train samples", "test samples", "accuracy", "loss"], rows))
+        print(f"\n{len(history)} rounds in {seconds:.2f} s; results in {out / 'results.json'}")
+        print(f"learning curve: {curve}" if curve else "learning curve: pip install 'fedplug[plot]' for a PNG")
+    return summary

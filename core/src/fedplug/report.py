@@ -1,0 +1,83 @@
+"""Readable results: plain-text tables and learning-curve plots of an experiment's history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A fixed-width text table; floats get 4 decimals, numbers are right-aligned."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return "" if value is None else str(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(row[i], (int, float)) for row in rows if row[i] is not None) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
+
+
+def results_rows(history: list[dict[str, Any]], metric: str) -> list[list[Any]]:
+    """Per-node rows (train samples, test samples, metric, loss) of the last validated round, then
+    a ``global`` row weighted by test samples."""
+    validated = [row for row in history if "validation" in row]
+    if not validated:
+        return []
+    last = validated[-1]
+    rows = []
+    for node, metrics in last["validation"].items():
+        rows.append([node, last["samples"].get(node), metrics.get("n_samples"), metrics.get(metric), metrics.get("loss")])
+    overall = last["validation_global"]
+    rows.append(["global", sum(last["samples"].values()), overall.get("n_samples"), overall.get(metric), overall.get("loss")])
+    return rows
+
+
+def plot_history(history: list[dict[str, Any]], path: str | Path, metric: str = "accuracy", title: str = "") -> Path | None:
+    """Write a PNG of training loss and validation ``metric`` (global and per node) by round.
+
+    Returns None when matplotlib is not installed (``pip install 'fedplug[plot]'``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rounds = [row["round"] + 1 for row in history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(rounds, [row["train_loss_mean"] for row in history], marker="o", label="train loss (weighted)")
+    ax_loss.set_xlabel("round")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("training loss")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend()
+    validated = [row for row in history if "validation" in row]
+    if validated:
+        xs = [row["round"] + 1 for row in validated]
+        ax_metric.plot(xs, [row["validation_global"].get(metric) for row in validated], marker="o", linewidth=2.5, label="global")
+        for node in validated[-1]["validation"]:
+            ax_metric.plot(xs, [row["validation"].get(node, {}).get(metric) for row in validated], linestyle="--", alpha=0.8, label=node)
+    ax_metric.set_xlabel("round")
+    ax_metric.set_ylabel(metric)
+    ax_metric.set_title(f"validation {metric} of the global model")
+    ax_metric.grid(alpha=0.3)
+    ax_metric.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
