@@ -32,7 +32,11 @@ class Aggregator:
 
     def add(self, node: str, params: Params, n_samples: int) -> None:
         """Fold in one node's parameters, weighted by its number of training samples."""
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples <= 0:
+        if (
+            isinstance(n_samples, bool)
+            or not isinstance(n_samples, (int, np.integer))
+            or n_samples <= 0
+        ):
             raise AggregationError(
                 f"node {node!r} replied with n_samples={n_samples!r}; a reply must have trained "
                 "on at least one sample to be aggregated"
@@ -57,12 +61,17 @@ class Aggregator:
         """The aggregated parameters, in the global model's dtypes."""
         if not self.nodes:
             raise AggregationError("no node reply to aggregate this round")
-        return {name: value.astype(self._dtypes[name], copy=False) for name, value in self._result().items()}
+        return {
+            name: value.astype(self._dtypes[name], copy=False)
+            for name, value in self._result().items()
+        }
 
     def _result(self) -> Params:
         raise NotImplementedError
 
-    def aggregate(self, global_params: Params, replies: Iterable[tuple[str, Params, int]]) -> Params:
+    def aggregate(
+        self, global_params: Params, replies: Iterable[tuple[str, Params, int]]
+    ) -> Params:
         """Aggregate a whole round at once: ``(node, params, n_samples)`` triples."""
         self.begin(global_params)
         for node, params, n_samples in replies:

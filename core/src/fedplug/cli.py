@@ -26,19 +26,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="run a federated experiment on the embedded breast-cancer data")
-    demo.add_argument("--plan", choices=["torch", "sklearn"], default="torch", help="training plan (default: torch)")
+    demo = commands.add_parser(
+        "demo", help="run a federated experiment on the embedded breast-cancer data"
+    )
+    demo.add_argument(
+        "--plan",
+        choices=["torch", "sklearn"],
+        default="torch",
+        help="training plan (default: torch)",
+    )
     demo.add_argument("--rounds", type=_positive, default=20, help="rounds (default: 20)")
     demo.add_argument("--nodes", type=_positive, default=3, help="hospitals (default: 3)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.add_argument("--workers", type=_positive, default=None, help="nodes trained at once (default: CPU cores)")
-    demo.add_argument("--out", default="fedplug-demo", help="folder for results.json, model.npz, learning_curve.png")
-    demo.add_argument("--json", action="store_true", help="print one JSON summary line instead of the table")
+    demo.add_argument(
+        "--workers", type=_positive, default=None, help="nodes trained at once (default: CPU cores)"
+    )
+    demo.add_argument(
+        "--out",
+        default="fedplug-demo",
+        help="folder for results.json, model.npz, learning_curve.png",
+    )
+    demo.add_argument(
+        "--json", action="store_true", help="print one JSON summary line instead of the table"
+    )
 
-    plugins = commands.add_parser("plugins", help="list installed plugins, their hooks and load errors")
+    plugins = commands.add_parser(
+        "plugins", help="list installed plugins, their hooks and load errors"
+    )
     plugins.add_argument("--json", action="store_true", help="print JSON")
 
-    optimizers = commands.add_parser("optimizers", help="list declearn optimizer modules, regularizers and schedulers")
+    optimizers = commands.add_parser(
+        "optimizers", help="list declearn optimizer modules, regularizers and schedulers"
+    )
     optimizers.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
@@ -47,8 +66,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from fedplug.demo import run_demo
 
     run_demo(
-        plan=args.plan, rounds=args.rounds, nodes=args.nodes, seed=args.seed, out=args.out,
-        as_json=args.json, workers=args.workers,
+        plan=args.plan,
+        rounds=args.rounds,
+        nodes=args.nodes,
+        seed=args.seed,
+        out=args.out,
+        as_json=args.json,
+        workers=args.workers,
     )
     return 0
 
@@ -62,8 +86,18 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps([info.as_dict() for info in infos], indent=2))
         return 0
     rows = [
-        [info.name, info.distribution or "-", info.version or "-",
-         "disabled" if info.disabled else ("ERROR: " + info.error if info.error else ", ".join(h.removeprefix("fedplug_") for h in info.hooks))]
+        [
+            info.name,
+            info.distribution or "-",
+            info.version or "-",
+            "disabled"
+            if info.disabled
+            else (
+                "ERROR: " + info.error
+                if info.error
+                else ", ".join(h.removeprefix("fedplug_") for h in info.hooks)
+            ),
+        ]
         for info in infos
     ]
     print(format_table(["plugin", "distribution", "version", "hooks / status"], rows))
@@ -87,9 +121,13 @@ def _cmd_optimizers(args: argparse.Namespace) -> int:
         "schedulers": Optimizer.available_schedulers(),
     }
     table = {
-        kind: {name: {k: repr(v) if not isinstance(v, (int, float, str, bool, type(None))) else v
-                      for k, v in _defaults(cls).items()}
-               for name, cls in sorted(entries.items())}
+        kind: {
+            name: {
+                k: repr(v) if not isinstance(v, (int, float, str, bool, type(None))) else v
+                for k, v in _defaults(cls).items()
+            }
+            for name, cls in sorted(entries.items())
+        }
         for kind, entries in listing.items()
     }
     if args.json:
@@ -111,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from fedplug.errors import FedplugError
 
-    handler = {"demo": _cmd_demo, "plugins": _cmd_plugins, "optimizers": _cmd_optimizers}[args.command]
+    handler = {"demo": _cmd_demo, "plugins": _cmd_plugins, "optimizers": _cmd_optimizers}[
+        args.command
+    ]
     try:
         return handler(args)
     except FedplugError as exc:

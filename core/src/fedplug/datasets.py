@@ -47,7 +47,7 @@ class Dataset:
 
     def split(self, test_ratio: float, seed: int | None) -> tuple[Dataset, Dataset | None]:
         """A reproducible (train, test) split; ``test`` is None when ``test_ratio`` is 0."""
-        n_test = int(round(len(self) * test_ratio))
+        n_test = round(len(self) * test_ratio)
         if n_test == 0:
             return self, None
         if n_test >= len(self):
@@ -60,7 +60,11 @@ class Dataset:
 
 
 def load_numpy(
-    *, x: Any = None, y: Any = None, path: str | None = None, tags: list[str] | None = None,
+    *,
+    x: Any = None,
+    y: Any = None,
+    path: str | None = None,
+    tags: list[str] | None = None,
     name: str = "",
 ) -> Dataset:
     """Arrays given directly, or an ``.npz`` file with arrays ``x`` and ``y`` (no pickled objects)."""
@@ -76,7 +80,11 @@ def load_numpy(
 
 
 def load_csv(
-    *, path: str, target: str, tags: list[str] | None = None, name: str = "",
+    *,
+    path: str,
+    target: str,
+    tags: list[str] | None = None,
+    name: str = "",
     delimiter: str = ",",
 ) -> Dataset:
     """A CSV file with a header row and numeric columns; ``target`` names the label column."""

@@ -37,8 +37,14 @@ PLANS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "sklearn": (
         "sklearn-sgd",
         "fedplug-sklearn",
-        {"n_features": 30, "classes": [0, 1], "loss": "log_loss", "alpha": 0.0001,
-         "learning_rate": "constant", "eta0": 0.05},
+        {
+            "n_features": 30,
+            "classes": [0, 1],
+            "loss": "log_loss",
+            "alpha": 0.0001,
+            "learning_rate": "constant",
+            "eta0": 0.05,
+        },
         {"batch_size": 16, "epochs": 1},
     ),
 }
@@ -70,7 +76,9 @@ def label_skew_split(y: np.ndarray, n_nodes: int, seed: int = 0) -> list[np.ndar
     pools = {label: list(rng.permutation(np.flatnonzero(y == label))) for label in (0, 1)}
     parts = []
     for size, n_one in zip(sizes, ones, strict=True):
-        take = [pools[1].pop() for _ in range(n_one)] + [pools[0].pop() for _ in range(size - n_one)]
+        take = [pools[1].pop() for _ in range(n_one)] + [
+            pools[0].pop() for _ in range(size - n_one)
+        ]
         parts.append(np.array(sorted(take)))
     return parts
 
@@ -92,7 +100,11 @@ def _spread(residual: int, ones: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 def demo_nodes(n_nodes: int = 3, seed: int = 0, **node_kwargs: Any) -> list[Node]:
     x, y = load_breast_cancer()
     return [
-        Node(f"hospital-{i + 1}", Dataset(x[idx], y[idx], tags=TAGS, name=f"breast-cancer-{i + 1}"), **node_kwargs)
+        Node(
+            f"hospital-{i + 1}",
+            Dataset(x[idx], y[idx], tags=TAGS, name=f"breast-cancer-{i + 1}"),
+            **node_kwargs,
+        )
         for i, idx in enumerate(label_skew_split(y, n_nodes, seed))
     ]
 
@@ -141,14 +153,25 @@ def run_demo(
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"summary": summary, "history": history}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps({"summary": summary, "history": history}, indent=2)
+    )
     exp.save_model(out / "model.npz")
-    curve = plot_history(history, out / "learning_curve.png", "accuracy", f"fedplug demo: {plan_name}, {nodes} hospitals")
+    curve = plot_history(
+        history,
+        out / "learning_curve.png",
+        "accuracy",
+        f"fedplug demo: {plan_name}, {nodes} hospitals",
+    )
     if as_json:
         print(json.dumps(summary))
     else:
         print()
         print(format_table(["node", "train samples", "test samples", "accuracy", "loss"], rows))
         print(f"\n{len(history)} rounds in {seconds:.2f} s; results in {out / 'results.json'}")
-        print(f"learning curve: {curve}" if curve else "learning curve: pip install 'fedplug[plot]' for a PNG")
+        print(
+            f"learning curve: {curve}"
+            if curve
+            else "learning curve: pip install 'fedplug[plot]' for a PNG"
+        )
     return summary

@@ -107,7 +107,9 @@ class Experiment:
         self.model_args = dict(model_args or {})
         self.validate_every = _validation_period(validate)
         if on_node_failure not in _FAILURE_POLICIES:
-            raise ConfigError(f"on_node_failure must be one of {_FAILURE_POLICIES}, got {on_node_failure!r}")
+            raise ConfigError(
+                f"on_node_failure must be one of {_FAILURE_POLICIES}, got {on_node_failure!r}"
+            )
         self.on_node_failure = on_node_failure
         self.min_nodes = _check_rounds("min_nodes", min_nodes)
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -128,9 +130,13 @@ class Experiment:
         self.plan_class.init_seed(seed)
         self._plan = self.plan_class(self.model_args)
         self._plan.plugin_manager = self.pm
-        self._global: Params = {k: np.array(v, copy=True) for k, v in self._plan.get_parameters().items()}
+        self._global: Params = {
+            k: np.array(v, copy=True) for k, v in self._plan.get_parameters().items()
+        }
         self._plan_dirty = False
-        self.plan_ref = make_plan_ref(self.plan_class, self._plan.dependencies, self.pm.training_plans)
+        self.plan_ref = make_plan_ref(
+            self.plan_class, self._plan.dependencies, self.pm.training_plans
+        )
 
         self.config = ExperimentConfig(
             plan_class=self.plan_class,
@@ -150,11 +156,17 @@ class Experiment:
 
     # -- configuration --------------------------------------------------------------------------
     def _resolve_plan(self, training_plan: Any, model_class: Any) -> type[TrainingPlan]:
-        if training_plan is not None and model_class is not None and training_plan is not model_class:
+        if (
+            training_plan is not None
+            and model_class is not None
+            and training_plan is not model_class
+        ):
             raise ConfigError("give either training_plan or model_class (its other name), not both")
         plan = training_plan if training_plan is not None else model_class
         if plan is None:
-            raise ConfigError("an experiment needs a training_plan (a TrainingPlan subclass or a registered name)")
+            raise ConfigError(
+                "an experiment needs a training_plan (a TrainingPlan subclass or a registered name)"
+            )
         if isinstance(plan, str):
             return self.pm.training_plans[plan]
         if inspect.isclass(plan) and issubclass(plan, TrainingPlan):
@@ -190,7 +202,8 @@ class Experiment:
     def _select_nodes(self) -> list[str]:
         advertised = self.transport.node_tags()
         selected = [
-            name for name, datasets in advertised.items()
+            name
+            for name, datasets in advertised.items()
             if any(set(self.tags) <= set(tags) for tags in datasets)
         ]
         if not selected:
@@ -224,7 +237,9 @@ class Experiment:
         }
         arrays = {f"param:{name}": value for name, value in self._global.items()}
         with path.open("wb") as handle:
-            np.savez(handle, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+            np.savez(
+                handle, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays
+            )
         return path
 
     def load_model(self, path: str | Path) -> None:
@@ -278,7 +293,10 @@ class Experiment:
         self.round_index += 1
         row = _train_summary(index, replies)
         row["failures"] = failures
-        row["durations"] = {"train_s": train_s, "aggregate_s": time.perf_counter() - start - train_s}
+        row["durations"] = {
+            "train_s": train_s,
+            "aggregate_s": time.perf_counter() - start - train_s,
+        }
         if self._should_validate(index):
             vstart = time.perf_counter()
             row["validation"], row["validation_global"] = self._validation_round(index)
@@ -367,13 +385,18 @@ class Experiment:
         replies, _ = self._collect(
             self._request(msg.EvaluateRequest, index), index, msg.EvaluateReply, lambda n, r: None
         )
-        per_node = {node: dict(r.metrics, n_samples=r.n_samples) for node, r in sorted(replies.items())}
+        per_node = {
+            node: dict(r.metrics, n_samples=r.n_samples) for node, r in sorted(replies.items())
+        }
         total = sum(r.n_samples for r in replies.values())
         overall: dict[str, float] = {}
         if total:
             keys = set.intersection(*(set(r.metrics) for r in replies.values() if r.n_samples))
             for key in sorted(keys):
-                overall[key] = sum(r.metrics[key] * r.n_samples for r in replies.values() if r.n_samples) / total
+                overall[key] = (
+                    sum(r.metrics[key] * r.n_samples for r in replies.values() if r.n_samples)
+                    / total
+                )
         overall["n_samples"] = total
         return per_node, overall
 
@@ -394,7 +417,9 @@ def load_params(path: str | Path) -> Params:
         with np.load(path, allow_pickle=False) as data:
             if "__meta__" not in data.files:
                 raise ConfigError(f"{path} is not a fedplug model file (no __meta__ entry)")
-            return {key[len("param:"):]: data[key] for key in data.files if key.startswith("param:")}
+            return {
+                key[len("param:") :]: data[key] for key in data.files if key.startswith("param:")
+            }
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read model file {path}: {exc}") from exc
 

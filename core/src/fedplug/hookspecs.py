@@ -13,7 +13,8 @@ checks its type and refuses a name registered twice (naming both plugins).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

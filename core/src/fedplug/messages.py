@@ -29,8 +29,18 @@ _MAX_NDIM = 32
 _DTYPES = frozenset(
     np.dtype(name).str
     for name in (
-        "float16", "float32", "float64", "int8", "int16", "int32", "int64",
-        "uint8", "uint16", "uint32", "uint64", "bool",
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
     )
 )
 
@@ -143,7 +153,10 @@ def _encode_value(value: Any, hint: Any, path: str) -> Any:
     if hint == Arrays:
         return {name: _encode_array(f"{path}.{name}", arr) for name, arr in value.items()}
     if is_dataclass(hint):
-        return {f.name: _encode_value(getattr(value, f.name), _hints(hint)[f.name], f"{path}.{f.name}") for f in fields(hint)}
+        return {
+            f.name: _encode_value(getattr(value, f.name), _hints(hint)[f.name], f"{path}.{f.name}")
+            for f in fields(hint)
+        }
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -155,7 +168,9 @@ def encode(message: Message) -> bytes:
     if MESSAGE_TYPES.get(cls.__name__) is not cls:
         raise MessageError(f"cannot encode {cls.__name__}: not a fedplug message type")
     hints = _hints(cls)
-    body = {f.name: _encode_value(getattr(message, f.name), hints[f.name], f.name) for f in fields(cls)}
+    body = {
+        f.name: _encode_value(getattr(message, f.name), hints[f.name], f.name) for f in fields(cls)
+    }
     try:
         return msgpack.packb(
             {"fedplug": VERSION, "type": cls.__name__, "body": body}, use_bin_type=True
@@ -173,10 +188,14 @@ def _refuse_ext(code: int, data: bytes) -> Any:
 
 def _decode_array(raw: Any, path: str) -> np.ndarray:
     if not (isinstance(raw, list) and len(raw) == 3):
-        raise MessageError(f"{path}: an array must be [dtype, shape, bytes], got {type(raw).__name__}")
+        raise MessageError(
+            f"{path}: an array must be [dtype, shape, bytes], got {type(raw).__name__}"
+        )
     dtype, shape, data = raw
     if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise MessageError(f"{path}: unsupported dtype {dtype!r}; allowed: {', '.join(sorted(_DTYPES))}")
+        raise MessageError(
+            f"{path}: unsupported dtype {dtype!r}; allowed: {', '.join(sorted(_DTYPES))}"
+        )
     if not (
         isinstance(shape, list)
         and len(shape) <= _MAX_NDIM
@@ -310,6 +329,8 @@ def decode(
     if expected is not None and not (
         cls in expected if isinstance(expected, tuple) else cls is expected
     ):
-        names = [t.__name__ for t in expected] if isinstance(expected, tuple) else [expected.__name__]
+        names = (
+            [t.__name__ for t in expected] if isinstance(expected, tuple) else [expected.__name__]
+        )
         raise MessageError(f"expected a {' or '.join(names)}, got a {cls.__name__}")
     return _decode_fields(cls, envelope["body"], cls.__name__)

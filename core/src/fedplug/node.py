@@ -16,6 +16,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+
 import numpy as np
 
 from fedplug import messages as msg
@@ -231,9 +232,10 @@ def _with_round_seed(args: TrainingArgs, round_index: int) -> TrainingArgs:
 def _describe(exc: BaseException) -> str:
     """``Type: message (at file:line in function)`` for the innermost frame of a plan error."""
     frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    where = (
+        f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    )
     hint = ""
     if isinstance(exc, NameError):
         hint = "; a plan shipped as source must declare its imports with add_dependency([...])"
     return f"{type(exc).__name__}: {exc}{where}{hint}"
-

@@ -53,7 +53,9 @@ class LogisticRegressionPlan(TrainingPlan):
         super().__init__(model_args)
         n_features = self.model_args.get("n_features")
         if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features <= 0:
-            raise ConfigError(f"model_args['n_features'] must be a positive int, got {n_features!r}")
+            raise ConfigError(
+                f"model_args['n_features'] must be a positive int, got {n_features!r}"
+            )
         n_classes = self.model_args.get("n_classes", 2)
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
             raise ConfigError(f"model_args['n_classes'] must be an int >= 2, got {n_classes!r}")

@@ -89,7 +89,12 @@ def _parse(kind: str, base: type, specs: Sequence[Spec]) -> list[Any]:
             continue
         if isinstance(spec, str):
             name, config = spec, {}
-        elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
+        elif (
+            isinstance(spec, (tuple, list))
+            and len(spec) == 2
+            and isinstance(spec[0], str)
+            and isinstance(spec[1], dict)
+        ):
             name, config = spec
         else:
             raise ConfigError(
@@ -105,9 +110,7 @@ def _parse(kind: str, base: type, specs: Sequence[Spec]) -> list[Any]:
         try:
             out.append(cls.from_config(dict(config)))
         except (TypeError, ValueError, KeyError) as exc:
-            params = ", ".join(
-                p for p in inspect.signature(cls.__init__).parameters if p != "self"
-            )
+            params = ", ".join(p for p in inspect.signature(cls.__init__).parameters if p != "self")
             raise ConfigError(
                 f"invalid config {config!r} for optimizer {kind} {name!r}: {exc}; "
                 f"its parameters are: {params}"
@@ -156,6 +159,29 @@ class Optimizer:
             regularizers=_parse("regularizer", Regularizer, regularizers),
         )
         self._adapters: dict[int, Any] = {}
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> Optimizer:
+        """Build from a JSON-like dict ``{"lr": ..., "decay": ..., "modules": [...],
+        "regularizers": [...]}`` (``[name, config]`` lists stand for pairs), as found in
+        ``model_args`` that travel to nodes."""
+        if not isinstance(spec, dict):
+            raise ConfigError(f"an optimizer spec must be a dict, got {spec!r}")
+        unknown = sorted(set(spec) - {"lr", "decay", "modules", "regularizers"})
+        if unknown:
+            raise ConfigError(
+                f"unknown optimizer setting {unknown[0]!r}; known: lr, decay, modules, regularizers"
+            )
+
+        def pairs(items: Sequence[Spec]) -> list[Spec]:
+            return [tuple(item) if isinstance(item, list) else item for item in items]
+
+        return cls(
+            lr=spec.get("lr", 0.01),
+            decay=spec.get("decay", 0.0),
+            modules=pairs(spec.get("modules", [])),
+            regularizers=pairs(spec.get("regularizers", [])),
+        )
 
     # -- what exists ----------------------------------------------------------------------------
     @staticmethod

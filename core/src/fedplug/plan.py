@@ -61,7 +61,9 @@ class TrainingArgs:
                 values.pop(key, None)
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"training argument {key!r} must be a positive int, got {value!r}")
+                raise ConfigError(
+                    f"training argument {key!r} must be a positive int, got {value!r}"
+                )
         if values.get("epochs") is not None and values.get("num_updates") is not None:
             raise ConfigError(
                 "training arguments 'epochs' and 'num_updates' are both set "
@@ -69,9 +71,14 @@ class TrainingArgs:
             )
         lr = values.get("lr")
         if lr is not None and (
-            isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr)
+            isinstance(lr, bool)
+            or not isinstance(lr, (int, float))
+            or not lr > 0
+            or not math.isfinite(lr)
         ):
-            raise ConfigError(f"training argument 'lr' must be a positive finite number, got {lr!r}")
+            raise ConfigError(
+                f"training argument 'lr' must be a positive finite number, got {lr!r}"
+            )
         if lr is not None:
             values["lr"] = float(lr)
         ratio = values.get("test_ratio", 0.0)
@@ -82,9 +89,7 @@ class TrainingArgs:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ConfigError(f"training argument 'seed' must be a non-negative int, got {seed!r}")
         device = values.get("device", "cpu")
-        if not isinstance(device, str) or not (
-            device in _DEVICES or device.startswith("cuda:")
-        ):
+        if not isinstance(device, str) or not (device in _DEVICES or device.startswith("cuda:")):
             raise ConfigError(
                 f"training argument 'device' must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}"
             )

@@ -66,7 +66,9 @@ def load_plan_class(ref: PlanRef, registry: Registry) -> type[TrainingPlan]:
     if ref.name is not None:
         return registry[ref.name]
     if not ref.source or not ref.class_name or not ref.sha256:
-        raise PlanError("a plan reference needs a registered name, or source, class_name and sha256")
+        raise PlanError(
+            "a plan reference needs a registered name, or source, class_name and sha256"
+        )
     if source_hash(ref.source) != ref.sha256:
         raise PlanError(f"plan source does not match its hash {ref.sha256}; refusing to run it")
     module = types.ModuleType(f"fedplug_plan_{ref.sha256[:16]}")

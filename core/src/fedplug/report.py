@@ -16,12 +16,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return "" if value is None else str(value)
 
     cells = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(row[i], (int, float)) for row in rows if row[i] is not None) for i in range(len(headers))]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+    numeric = [
+        all(isinstance(row[i], (int, float)) for row in rows if row[i] is not None)
+        for i in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(
-            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
         ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
@@ -37,13 +43,31 @@ def results_rows(history: list[dict[str, Any]], metric: str) -> list[list[Any]]:
     last = validated[-1]
     rows = []
     for node, metrics in last["validation"].items():
-        rows.append([node, last["samples"].get(node), metrics.get("n_samples"), metrics.get(metric), metrics.get("loss")])
+        rows.append(
+            [
+                node,
+                last["samples"].get(node),
+                metrics.get("n_samples"),
+                metrics.get(metric),
+                metrics.get("loss"),
+            ]
+        )
     overall = last["validation_global"]
-    rows.append(["global", sum(last["samples"].values()), overall.get("n_samples"), overall.get(metric), overall.get("loss")])
+    rows.append(
+        [
+            "global",
+            sum(last["samples"].values()),
+            overall.get("n_samples"),
+            overall.get(metric),
+            overall.get("loss"),
+        ]
+    )
     return rows
 
 
-def plot_history(history: list[dict[str, Any]], path: str | Path, metric: str = "accuracy", title: str = "") -> Path | None:
+def plot_history(
+    history: list[dict[str, Any]], path: str | Path, metric: str = "accuracy", title: str = ""
+) -> Path | None:
     """Write a PNG of training loss and validation ``metric`` (global and per node) by round.
 
     Returns None when matplotlib is not installed (``pip install 'fedplug[plot]'``).
@@ -57,7 +81,12 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, metric: str = 
         return None
     rounds = [row["round"] + 1 for row in history]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(rounds, [row["train_loss_mean"] for row in history], marker="o", label="train loss (weighted)")
+    ax_loss.plot(
+        rounds,
+        [row["train_loss_mean"] for row in history],
+        marker="o",
+        label="train loss (weighted)",
+    )
     ax_loss.set_xlabel("round")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("training loss")
@@ -66,9 +95,21 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, metric: str = 
     validated = [row for row in history if "validation" in row]
     if validated:
         xs = [row["round"] + 1 for row in validated]
-        ax_metric.plot(xs, [row["validation_global"].get(metric) for row in validated], marker="o", linewidth=2.5, label="global")
+        ax_metric.plot(
+            xs,
+            [row["validation_global"].get(metric) for row in validated],
+            marker="o",
+            linewidth=2.5,
+            label="global",
+        )
         for node in validated[-1]["validation"]:
-            ax_metric.plot(xs, [row["validation"].get(node, {}).get(metric) for row in validated], linestyle="--", alpha=0.8, label=node)
+            ax_metric.plot(
+                xs,
+                [row["validation"].get(node, {}).get(metric) for row in validated],
+                linestyle="--",
+                alpha=0.8,
+                label=node,
+            )
     ax_metric.set_xlabel("round")
     ax_metric.set_ylabel(metric)
     ax_metric.set_title(f"validation {metric} of the global model")

@@ -15,7 +15,9 @@ class Transport(Protocol):
     def node_tags(self) -> dict[str, list[list[str]]]:
         """Every reachable node and the tags of each of its datasets."""
 
-    def dispatch(self, payload: bytes, nodes: list[str]) -> Iterator[tuple[str, bytes | BaseException]]:
+    def dispatch(
+        self, payload: bytes, nodes: list[str]
+    ) -> Iterator[tuple[str, bytes | BaseException]]:
         """Send ``payload`` to ``nodes``; yield ``(node, reply bytes or the failure)`` as they come."""
 
     def close(self) -> None:

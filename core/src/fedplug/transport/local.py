@@ -31,7 +31,9 @@ class LocalTransport:
             if node.name in self.nodes:
                 raise ConfigError(f"two nodes are named {node.name!r}; node names must be unique")
             self.nodes[node.name] = node
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+        ):
             raise ConfigError(f"workers must be a positive int, got {workers!r}")
         self.workers = min(workers or os.cpu_count() or 1, max(len(self.nodes), 1))
         self._pool: ThreadPoolExecutor | None = None
@@ -39,10 +41,14 @@ class LocalTransport:
     def node_tags(self) -> dict[str, list[list[str]]]:
         return {name: node.tags() for name, node in self.nodes.items()}
 
-    def dispatch(self, payload: bytes, nodes: list[str]) -> Iterator[tuple[str, bytes | BaseException]]:
+    def dispatch(
+        self, payload: bytes, nodes: list[str]
+    ) -> Iterator[tuple[str, bytes | BaseException]]:
         unknown = [name for name in nodes if name not in self.nodes]
         if unknown:
-            raise ConfigError(f"unknown node(s) {unknown}; this federation has {sorted(self.nodes)}")
+            raise ConfigError(
+                f"unknown node(s) {unknown}; this federation has {sorted(self.nodes)}"
+            )
         if self.workers == 1 or len(nodes) == 1:
             for name in nodes:
                 yield name, _serve(self.nodes[name], payload)

@@ -8,7 +8,13 @@
 
 from typing import Any
 
-__all__ = ["PerceptronPlan", "SGDClassifierPlan", "SGDRegressorPlan", "SklearnAdapter", "SklearnTrainingPlan"]
+__all__ = [
+    "PerceptronPlan",
+    "SGDClassifierPlan",
+    "SGDRegressorPlan",
+    "SklearnAdapter",
+    "SklearnTrainingPlan",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -55,7 +55,9 @@ def _squared_error(f, t, eps):
 def _huber(f, t, eps):
     r = f - t
     small = np.abs(r) <= eps
-    return np.where(small, 0.5 * r**2, eps * np.abs(r) - 0.5 * eps**2), np.where(small, r, eps * np.sign(r))
+    return np.where(small, 0.5 * r**2, eps * np.abs(r) - 0.5 * eps**2), np.where(
+        small, r, eps * np.sign(r)
+    )
 
 
 def _epsilon_insensitive(f, t, eps):
@@ -97,7 +99,9 @@ class SklearnAdapter:
         self.model = estimator
         name = _loss_name(estimator)
         if name not in LOSSES:
-            raise ConfigError(f"loss {name!r} is not supported by fedplug-sklearn; use one of {sorted(LOSSES)}")
+            raise ConfigError(
+                f"loss {name!r} is not supported by fedplug-sklearn; use one of {sorted(LOSSES)}"
+            )
         self.loss_fn = LOSSES[name]
         self.grads: Params | None = None
 
@@ -118,7 +122,11 @@ class SklearnAdapter:
 
     def loss(self, x: np.ndarray, y: np.ndarray) -> float:
         per_sample, _ = self.loss_fn(self.decision(x), self.targets(y), self.model.epsilon)
-        return float(per_sample.sum(axis=-1).mean()) if per_sample.ndim == 2 else float(per_sample.mean())
+        return (
+            float(per_sample.sum(axis=-1).mean())
+            if per_sample.ndim == 2
+            else float(per_sample.mean())
+        )
 
     def backward(self, x: np.ndarray, y: np.ndarray) -> float:
         """Compute the batch's gradients (kept for :meth:`gradients`); return its mean loss."""
@@ -129,7 +137,11 @@ class SklearnAdapter:
         grad_intercept = dloss.mean(axis=0) if coef.ndim == 2 else np.array([dloss.mean()])
         grad_coef = grad_coef + self._penalty_grad(coef)
         self.grads = {"coef": grad_coef, "intercept": grad_intercept}
-        return float(per_sample.sum(axis=-1).mean()) if per_sample.ndim == 2 else float(per_sample.mean())
+        return (
+            float(per_sample.sum(axis=-1).mean())
+            if per_sample.ndim == 2
+            else float(per_sample.mean())
+        )
 
     def _penalty_grad(self, coef: np.ndarray) -> np.ndarray | float:
         penalty, alpha = self.model.penalty, self.model.alpha
@@ -177,13 +189,21 @@ class SklearnTrainingPlan(TrainingPlan):
         args = dict(self.model_args)
         n_features = args.pop("n_features", None)
         if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features <= 0:
-            raise ConfigError(f"model_args['n_features'] must be a positive int, got {n_features!r}")
+            raise ConfigError(
+                f"model_args['n_features'] must be a positive int, got {n_features!r}"
+            )
         optimizer = args.pop("optimizer", None)
         self.classes = None
         if self.is_classifier:
             classes = args.pop("classes", [0, 1])
-            if not isinstance(classes, list) or len(classes) < 2 or len(set(classes)) != len(classes):
-                raise ConfigError(f"model_args['classes'] must list >= 2 distinct labels, got {classes!r}")
+            if (
+                not isinstance(classes, list)
+                or len(classes) < 2
+                or len(set(classes)) != len(classes)
+            ):
+                raise ConfigError(
+                    f"model_args['classes'] must list >= 2 distinct labels, got {classes!r}"
+                )
             self.classes = np.array(classes)
         hyper = {**self.defaults, **args}
         valid = self.estimator_class().get_params()
@@ -196,7 +216,8 @@ class SklearnTrainingPlan(TrainingPlan):
         self.model = self.estimator_class(**hyper)
         if _loss_name(self.model) not in LOSSES:
             raise ConfigError(
-                f"loss {_loss_name(self.model)!r} is not supported by fedplug-sklearn; use one of {sorted(LOSSES)}"
+                f"loss {_loss_name(self.model)!r} is not supported by fedplug-sklearn; "
+                f"use one of {sorted(LOSSES)}"
             )
         rows = 1 if not self.is_classifier or len(self.classes) == 2 else len(self.classes)
         if self.is_classifier:
@@ -272,16 +293,10 @@ class SklearnTrainingPlan(TrainingPlan):
 def _build_optimizer(spec: Any) -> Optimizer:
     if not isinstance(spec, dict) or spec.get("type") != "fedplug":
         raise ConfigError(
-            f"model_args['optimizer'] must be {{'type': 'fedplug', 'lr': ..., 'modules': [...]}}, got {spec!r}"
+            "model_args['optimizer'] must be {'type': 'fedplug', 'lr': ..., 'modules': [...]}, "
+            f"got {spec!r}"
         )
-    spec = dict(spec)
-    spec.pop("type")
-    return Optimizer(
-        lr=spec.pop("lr", 0.01),
-        decay=spec.pop("decay", 0.0),
-        modules=[tuple(m) if isinstance(m, list) else m for m in spec.pop("modules", [])],
-        regularizers=[tuple(r) if isinstance(r, list) else r for r in spec.pop("regularizers", [])],
-    )
+    return Optimizer.from_dict({key: value for key, value in spec.items() if key != "type"})
 
 
 class SGDClassifierPlan(SklearnTrainingPlan):

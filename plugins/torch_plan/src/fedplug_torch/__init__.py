@@ -14,7 +14,6 @@ Write a plan the way Fed-BioMed users know::
             return self.loss(self.model(data), target)
 """
 
-
 from typing import Any
 
 __all__ = ["TorchAdapter", "TorchMLPPlan", "TorchTrainingPlan"]

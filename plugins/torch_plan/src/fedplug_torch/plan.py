@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -50,7 +51,9 @@ def resolve_device(asked: str) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda" if asked == "auto" else asked)
     if asked != "auto":
-        warnings.warn(f"device {asked!r} was asked for but CUDA is not available; using cpu", stacklevel=2)
+        warnings.warn(
+            f"device {asked!r} was asked for but CUDA is not available; using cpu", stacklevel=2
+        )
     return torch.device("cpu")
 
 
@@ -110,7 +113,9 @@ class TorchTrainingPlan(TrainingPlan):
     def training_step(self, data: Any, target: Any) -> torch.Tensor:
         """The loss of one batch (override for custom forward passes)."""
         if self.loss is None:
-            raise PlanError(f"{type(self).__name__} sets no self.loss and does not override training_step")
+            raise PlanError(
+                f"{type(self).__name__} sets no self.loss and does not override training_step"
+            )
         return self.loss(self.model(data), target)
 
     def _torch_optimizer(self, args: TrainingArgs) -> Any:
@@ -158,10 +163,14 @@ class TorchTrainingPlan(TrainingPlan):
             self._tensors[id(dataset)] = cached
         return cached[1], cached[2]
 
-    def _batches(self, data: Any, args: TrainingArgs, generator: torch.Generator | None) -> Iterator[tuple[Any, Any]]:
+    def _batches(
+        self, data: Any, args: TrainingArgs, generator: torch.Generator | None
+    ) -> Iterator[tuple[Any, Any]]:
         steps = None
         if isinstance(data, torch.utils.data.DataLoader):
-            steps = args.num_updates if args.num_updates is not None else (args.epochs or 1) * len(data)
+            steps = (
+                args.num_updates if args.num_updates is not None else (args.epochs or 1) * len(data)
+            )
             done = 0
             while done < steps:
                 for batch in data:
@@ -197,7 +206,9 @@ class TorchTrainingPlan(TrainingPlan):
             optimizer.start_round()
         generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
         data = self.training_data(dataset, args)
-        n_samples = len(data.dataset) if isinstance(data, torch.utils.data.DataLoader) else len(data)
+        n_samples = (
+            len(data.dataset) if isinstance(data, torch.utils.data.DataLoader) else len(data)
+        )
         model.train()
         total = torch.zeros((), device=self.device)
         steps = 0
@@ -268,15 +279,20 @@ class TorchMLPPlan(TorchTrainingPlan):
         super().__init__(model_args)
         layers = self.model_args.get("layers")
         if not (
-            isinstance(layers, list) and len(layers) >= 2
+            isinstance(layers, list)
+            and len(layers) >= 2
             and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in layers)
         ):
-            raise ConfigError(f"model_args['layers'] must be a list of >= 2 positive ints, got {layers!r}")
+            raise ConfigError(
+                f"model_args['layers'] must be a list of >= 2 positive ints, got {layers!r}"
+            )
         activation = self.model_args.get("activation", "relu")
         if activation not in _ACTIVATIONS:
-            raise ConfigError(f"model_args['activation'] must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+            raise ConfigError(
+                f"model_args['activation'] must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+            )
         modules: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(layers, layers[1:])):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(layers)):
             modules.append(nn.Linear(n_in, n_out))
             if i < len(layers) - 2:
                 modules.append(_ACTIVATIONS[activation]())
@@ -295,14 +311,9 @@ class TorchMLPPlan(TorchTrainingPlan):
             raise ConfigError(f"model_args['optimizer'] must be a dict with a 'type', got {spec!r}")
         spec = dict(spec)
         kind = spec.pop("type")
-        lr = spec.pop("lr", 0.01)
         if kind == "fedplug":
-            return Optimizer(
-                lr=lr,
-                decay=spec.pop("decay", 0.0),
-                modules=[tuple(m) if isinstance(m, list) else m for m in spec.pop("modules", [])],
-                regularizers=[tuple(r) if isinstance(r, list) else r for r in spec.pop("regularizers", [])],
-            )
+            return Optimizer.from_dict(spec)
+        lr = spec.pop("lr", 0.01)
         natives = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
         if kind not in natives:
             raise ConfigError(f"optimizer type must be 'fedplug', 'sgd' or 'adam', got {kind!r}")
