@@ -186,10 +186,11 @@ class Experiment:
 
     def _resolve_transport(self, nodes: Any, workers: int | None) -> Any:
         if nodes is None:
-            nodes = local_nodes()
+            nodes = [node for node in local_nodes() if any(d.matches(self.tags) for d in node.datasets)]
             if not nodes:
                 raise ConfigError(
-                    "no nodes: pass nodes=[Node(...), ...] or create the nodes in this process first"
+                    f"no running node has a dataset with tags {self.tags}: pass "
+                    "nodes=[Node(...), ...] or create the nodes in this process first"
                 )
         if isinstance(nodes, Node):
             nodes = [nodes]

@@ -37,7 +37,9 @@ def fedplug_register_training_plans(register: Register) -> None:
     Called once, when the plan registry is first built. Every implementation runs.
 
     :param register: ``register(name, plan_class)``; ``plan_class`` must be a subclass of
-        :class:`fedplug.plan.TrainingPlan`. A name registered twice is a :class:`PluginError`.
+        :class:`fedplug.plan.TrainingPlan`, or its import path ``"package.module:Class"`` so that
+        the plan's framework is imported only when the plan is used. A name registered twice is
+        a :class:`PluginError`.
     :return: nothing; registering is done through ``register``.
     """
 

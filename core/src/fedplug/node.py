@@ -12,7 +12,6 @@ import math
 import threading
 import time
 import traceback
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -26,13 +25,14 @@ from fedplug.plan import TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import load_plan_class
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
 
-# Nodes alive in this process, for experiments that name only tags (the Fed-BioMed form).
-_LIVE_NODES: weakref.WeakSet[Node] = weakref.WeakSet()
+# Nodes running in this process, for experiments that name only tags (the Fed-BioMed form).
+# A node runs from its creation until ``stop()``, like a node process would.
+_RUNNING: dict[int, Node] = {}
 
 
 def local_nodes() -> list[Node]:
-    """Nodes created in this process and not yet garbage-collected, sorted by name."""
-    return sorted(_LIVE_NODES, key=lambda node: node.name)
+    """Nodes created in this process and not stopped, in creation order."""
+    return list(_RUNNING.values())
 
 
 @dataclass
@@ -78,10 +78,15 @@ class Node:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._plan_classes: dict[str, type[TrainingPlan]] = {}
         self._lock = threading.Lock()
-        _LIVE_NODES.add(self)
+        _RUNNING[id(self)] = self
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, datasets={[d.name for d in self.datasets]})"
+
+    def stop(self) -> None:
+        """Stop serving experiments that find nodes by tags, and drop experiment sessions."""
+        _RUNNING.pop(id(self), None)
+        self._sessions.clear()
 
     # -- administration -------------------------------------------------------------------------
     def add_dataset(self, dataset: Dataset) -> None:

@@ -13,6 +13,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import inspect
 import os
@@ -54,11 +55,18 @@ class PluginInfo:
 
 
 class Registry(Mapping[str, Any]):
-    """Named objects contributed by plugins through one ``fedplug_register_*`` hook."""
+    """Named objects contributed by plugins through one ``fedplug_register_*`` hook.
 
-    def __init__(self, kind: str) -> None:
+    An entry may be registered as the object itself or, to keep a framework's import out of
+    start-up, as an import path ``"package.module:attribute"``, imported on first access.
+    Entries are type-checked when they are resolved.
+    """
+
+    def __init__(self, kind: str, check: Callable[[Any], str | None]) -> None:
         self.kind = kind
+        self._check = check
         self._entries: dict[str, Any] = {}
+        self._paths: dict[str, str] = {}
         self._owners: dict[str, str] = {}
 
     def add(self, name: str, obj: Any, owner: str) -> None:
@@ -67,41 +75,77 @@ class Registry(Mapping[str, Any]):
                 f"plugin {owner!r} registered a {self.kind} entry with an invalid name {name!r}; "
                 "names must be non-empty strings"
             )
-        if name in self._entries:
+        if name in self._owners:
             raise PluginError(
                 f"{self.kind} name {name!r} is registered by both plugin {self._owners[name]!r} "
                 f"and plugin {owner!r}; disable one of them with FEDPLUG_DISABLE_PLUGINS"
             )
-        self._entries[name] = obj
+        if isinstance(obj, str):
+            if obj.count(":") != 1:
+                raise PluginError(
+                    f"plugin {owner!r} registered {self.kind} entry {name!r} as {obj!r}; an "
+                    "import path must look like 'package.module:attribute'"
+                )
+            self._paths[name] = obj
+        else:
+            self._validate(name, obj, owner)
+            self._entries[name] = obj
         self._owners[name] = owner
+
+    def _validate(self, name: str, obj: Any, owner: str) -> None:
+        problem = self._check(obj)
+        if problem is not None:
+            raise PluginError(
+                f"plugin {owner!r} registered {self.kind} entry {name!r} as {obj!r}; "
+                f"it must be {problem}"
+            )
 
     def owner(self, name: str) -> str:
         """The plugin that registered ``name``."""
-        self[name]
+        if name not in self._owners:
+            self._unknown(name)
         return self._owners[name]
 
     def name_of(self, obj: Any) -> str | None:
-        """The name under which ``obj`` is registered, or None."""
-        for name, entry in self._entries.items():
-            if entry is obj:
+        """The name under which ``obj`` is registered, or None (imports nothing)."""
+        path = f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}"
+        for name in self._owners:
+            if self._entries.get(name) is obj or self._paths.get(name) == path:
                 return name
         return None
 
     def __getitem__(self, name: str) -> Any:
-        try:
-            return self._entries[name]
-        except KeyError:
-            available = ", ".join(sorted(self._entries)) or "none"
-            raise PluginError(
-                f"no {self.kind} named {name!r} is registered (available: {available}); "
-                "is the plugin that provides it installed? `fedplug plugins` lists what is loaded"
-            ) from None
+        if name not in self._owners:
+            self._unknown(name)
+        if name not in self._entries:
+            path, owner = self._paths[name], self._owners[name]
+            module_name, _, attr = path.partition(":")
+            try:
+                obj = getattr(importlib.import_module(module_name), attr)
+            except Exception as exc:
+                raise PluginError(
+                    f"{self.kind} entry {name!r} of plugin {owner!r} cannot be imported from "
+                    f"{path!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._validate(name, obj, owner)
+            self._entries[name] = obj
+        return self._entries[name]
+
+    def _unknown(self, name: str) -> None:
+        available = ", ".join(sorted(self._owners)) or "none"
+        raise PluginError(
+            f"no {self.kind} named {name!r} is registered (available: {available}); "
+            "is the plugin that provides it installed? `fedplug plugins` lists what is loaded"
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._owners
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self._owners)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._owners)
 
 
 def _check_plan(obj: Any) -> str | None:
@@ -169,20 +213,13 @@ class FedplugPluginManager(pluggy.PluginManager):
         return self.registry("secagg_schemes")
 
     def _build_registry(self, kind: str) -> Registry:
-        registry = Registry(kind)
-        check = _TYPE_CHECKS[kind]
+        registry = Registry(kind, _TYPE_CHECKS[kind])
         hook = getattr(self.hook, REGISTRY_HOOKS[kind])
         # Each implementation is called on its own so that every entry is attributed to its plugin.
         for impl in reversed(hook.get_hookimpls()):
             owner = impl.plugin_name
 
             def register(name: str, obj: Any, _owner: str = owner) -> None:
-                problem = check(obj)
-                if problem is not None:
-                    raise PluginError(
-                        f"plugin {_owner!r} registered {kind} entry {name!r} as {obj!r}; "
-                        f"it must be {problem}"
-                    )
                 registry.add(name, obj, _owner)
 
             try:
@@ -191,7 +228,8 @@ class FedplugPluginManager(pluggy.PluginManager):
                 raise
             except Exception as exc:
                 raise PluginError(
-                    f"plugin {owner!r} failed in {REGISTRY_HOOKS[kind]}: {type(exc).__name__}: {exc}"
+                    f"plugin {owner!r} failed in {REGISTRY_HOOKS[kind]}: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
         return registry
 

@@ -14,11 +14,10 @@ from fedplug.hookspecs import Register
 
 @hookimpl
 def fedplug_register_training_plans(register: Register) -> None:
-    from fedplug_sklearn.plan import PerceptronPlan, SGDClassifierPlan, SGDRegressorPlan
-
-    register("sklearn-sgd", SGDClassifierPlan)
-    register("sklearn-sgd-regressor", SGDRegressorPlan)
-    register("sklearn-perceptron", PerceptronPlan)
+    # import paths: scikit-learn is imported when a plan is first used, not at registry build
+    register("sklearn-sgd", "fedplug_sklearn.plan:SGDClassifierPlan")
+    register("sklearn-sgd-regressor", "fedplug_sklearn.plan:SGDRegressorPlan")
+    register("sklearn-perceptron", "fedplug_sklearn.plan:PerceptronPlan")
 
 
 @hookimpl

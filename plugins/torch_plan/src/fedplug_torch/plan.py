@@ -240,7 +240,7 @@ class TorchTrainingPlan(TrainingPlan):
         if self.loss is not None:
             metrics["loss"] = float(self.loss(output, target))
         if not torch.is_floating_point(target) and output.dim() == 2 and output.shape[1] > 1:
-            metrics["accuracy"] = float((output.argmax(dim=1) == target).float().mean())
+            metrics["accuracy"] = (output.argmax(dim=1) == target).sum().item() / len(target)
         return metrics
 
     def evaluate(self, dataset: Dataset, args: TrainingArgs) -> dict[str, float]:

@@ -14,9 +14,8 @@ from fedplug.hookspecs import Register
 
 @hookimpl
 def fedplug_register_training_plans(register: Register) -> None:
-    from fedplug_torch.plan import TorchMLPPlan
-
-    register("torch-mlp", TorchMLPPlan)
+    # an import path: torch is imported when the plan is first used, not at registry build
+    register("torch-mlp", "fedplug_torch.plan:TorchMLPPlan")
 
 
 @hookimpl
