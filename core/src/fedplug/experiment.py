@@ -69,6 +69,8 @@ class Experiment:
         (needs ``test_ratio > 0``); an int ``k`` validates every ``k`` rounds and after the last.
     :param on_node_failure: ``"fail"`` stops at the first failing node, ``"skip"`` continues with
         the others as long as ``min_nodes`` replied.
+    :param workers: nodes trained at once by the local transport (default: CPU cores).
+    :param processes: run local nodes in worker processes instead of threads.
     :param progress: show a progress bar per round (default: when stderr is a terminal).
     """
 
@@ -89,6 +91,7 @@ class Experiment:
         on_node_failure: str = "fail",
         min_nodes: int = 1,
         workers: int | None = None,
+        processes: bool = False,
         progress: bool | None = None,
         plugin_manager: FedplugPluginManager | None = None,
         experiment_id: str | None = None,
@@ -124,7 +127,7 @@ class Experiment:
             )
         self.agg_optimizer = agg_optimizer
 
-        self.transport = self._resolve_transport(nodes, workers)
+        self.transport = self._resolve_transport(nodes, workers, processes)
         self.nodes = self._select_nodes()
 
         self.plan_class.init_seed(seed)
@@ -184,9 +187,11 @@ class Experiment:
             )
         return aggregator
 
-    def _resolve_transport(self, nodes: Any, workers: int | None) -> Any:
+    def _resolve_transport(self, nodes: Any, workers: int | None, processes: bool) -> Any:
         if nodes is None:
-            nodes = [node for node in local_nodes() if any(d.matches(self.tags) for d in node.datasets)]
+            nodes = [
+                node for node in local_nodes() if any(d.matches(self.tags) for d in node.datasets)
+            ]
             if not nodes:
                 raise ConfigError(
                     f"no running node has a dataset with tags {self.tags}: pass "
@@ -195,7 +200,7 @@ class Experiment:
         if isinstance(nodes, Node):
             nodes = [nodes]
         if isinstance(nodes, (list, tuple)):
-            return LocalTransport(nodes, workers=workers)
+            return LocalTransport(nodes, workers=workers, processes=processes)
         if all(hasattr(nodes, attr) for attr in ("node_tags", "dispatch", "close")):
             return nodes
         raise ConfigError(f"nodes must be a list of Node objects or a transport, got {nodes!r}")
@@ -334,6 +339,8 @@ class Experiment:
         failures: dict[str, str] = {}
         for node, raw in self.transport.dispatch(payload, self.nodes):
             try:
+                if isinstance(raw, NodeError):
+                    raise raw
                 if isinstance(raw, BaseException):
                     raise NodeError(node, f"did not answer: {type(raw).__name__}: {raw}")
                 reply = msg.decode(raw, (expected, msg.ErrorReply))

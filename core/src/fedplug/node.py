@@ -15,6 +15,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,20 @@ class Node:
         self._plan_classes: dict[str, type[TrainingPlan]] = {}
         self._lock = threading.Lock()
         _RUNNING[id(self)] = self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What a worker process receives: data and settings; it builds its own plugin manager.
+        state = dict(self.__dict__)
+        for transient in ("pm", "_lock", "_sessions", "_plan_classes"):
+            state.pop(transient)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.pm = get_plugin_manager()
+        self._lock = threading.Lock()
+        self._sessions = OrderedDict()
+        self._plan_classes = {}
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, datasets={[d.name for d in self.datasets]})"
@@ -156,8 +171,7 @@ class Node:
         args = TrainingArgs.from_dict(request.training_args)
         plan_cls = self._plan_class(request.plan)
         dataset = self.find_dataset(request.tags)
-        plan_cls.init_seed(args.seed)
-        plan = plan_cls(request.model_args)
+        plan = plan_cls(request.model_args)  # its initial weights are replaced by the global ones
         plan.plugin_manager = self.pm
         train, test = dataset.split(args.test_ratio, args.seed)
         train = plan.training_data(train, args)
