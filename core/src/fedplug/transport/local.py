@@ -14,6 +14,7 @@ Two ways to run them:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import struct
@@ -138,10 +139,8 @@ class LocalTransport:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         for proc in self._procs:
-            try:
+            with contextlib.suppress(OSError, ValueError):  # already gone
                 proc.conn.send_bytes(b"")
-            except (OSError, ValueError):
-                pass
             proc.process.join(timeout=5)
             if proc.process.is_alive():
                 proc.process.kill()
