@@ -19,7 +19,7 @@ import multiprocessing as mp
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
 
@@ -29,6 +29,10 @@ from fedplug.node import Node
 
 class LocalTransport:
     """Delivers requests to :class:`Node` objects on this machine.
+
+    Nodes train in parallel, but replies are yielded in the order of the ``nodes`` argument, so
+    that aggregation sums in the same order every run: the same seed gives the same model, bit
+    for bit, whatever the number of workers.
 
     :param nodes: the federation; names must be unique.
     :param workers: nodes served at once (default: the number of CPU cores, at most one per node).
@@ -78,16 +82,12 @@ class LocalTransport:
     ) -> Iterator[tuple[str, bytes | BaseException]]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fedplug-node")
-        pending: dict[Future, str] = {
-            self._pool.submit(_serve, self.nodes[name], payload): name for name in nodes
-        }
+        futures = [(name, self._pool.submit(_serve, self.nodes[name], payload)) for name in nodes]
         try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield pending.pop(future), future.result()
+            for name, future in futures:
+                yield name, future.result()
         finally:
-            for future in pending:
+            for _, future in futures:
                 future.cancel()
 
     def _dispatch_processes(
@@ -97,25 +97,28 @@ class LocalTransport:
             self._start_processes()
         owner = {name: proc for proc in self._procs for name in proc.nodes}
         waiting: dict[Connection, list[str]] = {}
+        arrived: dict[str, bytes | BaseException] = {}
         for name in nodes:
             proc = owner[name]
             try:
                 proc.conn.send_bytes(_frame(name, payload))
                 waiting.setdefault(proc.conn, []).append(name)
             except (OSError, ValueError) as exc:
-                yield name, NodeError(name, f"worker process is gone: {exc}")
-        while waiting:
-            for conn in wait_connections(list(waiting)):
-                try:
-                    name, reply = _unframe(conn.recv_bytes())
-                except (EOFError, OSError) as exc:
-                    for name in waiting.pop(conn):
-                        yield name, NodeError(name, f"worker process died: {exc!r}")
-                    continue
-                waiting[conn].remove(name)
-                if not waiting[conn]:
-                    del waiting[conn]
-                yield name, reply
+                arrived[name] = NodeError(name, f"worker process died: {exc!r}")
+        for name in nodes:
+            while name not in arrived:
+                for conn in wait_connections(list(waiting)):
+                    try:
+                        done, reply = _unframe(conn.recv_bytes())
+                    except (EOFError, OSError) as exc:
+                        for lost in waiting.pop(conn):
+                            arrived[lost] = NodeError(lost, f"worker process died: {exc!r}")
+                        continue
+                    waiting[conn].remove(done)
+                    if not waiting[conn]:
+                        del waiting[conn]
+                    arrived[done] = reply
+            yield name, arrived.pop(name)
 
     def _start_processes(self) -> None:
         ctx = mp.get_context("spawn")
