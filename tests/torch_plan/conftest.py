@@ -6,6 +6,7 @@ an experiment ships it to nodes as source, which is what these tests exercise.
 
 import numpy as np
 import pytest
+import torch
 
 import fedplug
 
@@ -23,6 +24,12 @@ def synthetic_task(n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Model initialisations drawn from torch's global generator are the same every run."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def task():
     """``task(n_samples, seed)``: see :func:`synthetic_task`."""
@@ -37,10 +44,12 @@ def tags() -> list[str]:
 
 @pytest.fixture
 def make_nodes():
-    """``make_nodes(n_nodes=3, n_samples=200)``: nodes holding one tagged numpy dataset each."""
+    """``make_nodes(n_nodes=3, n_samples=200)``: nodes holding one tagged numpy dataset each,
+    stopped when the test ends (so that no later tag-only experiment finds them)."""
+    created: list[fedplug.Node] = []
 
     def make(n_nodes: int = 3, n_samples: int = 200, **node_kwargs) -> list[fedplug.Node]:
-        return [
+        nodes = [
             fedplug.Node(
                 f"node-{i}",
                 fedplug.Dataset(*synthetic_task(n_samples, seed=i), tags=TAGS, name=f"data-{i}"),
@@ -48,5 +57,9 @@ def make_nodes():
             )
             for i in range(n_nodes)
         ]
+        created.extend(nodes)
+        return nodes
 
-    return make
+    yield make
+    for node in created:
+        node.stop()

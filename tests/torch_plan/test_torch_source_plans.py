@@ -138,9 +138,7 @@ def test_non_scalar_training_step_is_a_plan_error_reply(make_nodes, tags):
     assert "scalar" in reply.message
 
 
-def test_non_scalar_training_step_fails_the_experiment_without_touching_the_model(
-    make_nodes, tags
-):
+def test_non_scalar_training_step_fails_the_experiment_without_touching_the_model(make_nodes, tags):
     exp = _experiment(make_nodes(2), tags, VectorLossPlan, rounds=1)
     initial = {name: value.copy() for name, value in exp.global_params.items()}
 

@@ -145,8 +145,9 @@ def _encode_array(name: str, value: Any) -> list[Any]:
         arr = arr.astype(arr.dtype.newbyteorder("<"))
         if arr.dtype.str not in _DTYPES:
             raise MessageError(f"array {name!r} has unsupported dtype {value.dtype}")
-    arr = np.ascontiguousarray(arr)
-    return [arr.dtype.str, list(arr.shape), memoryview(arr).cast("B") if arr.size else b""]
+    shape = list(arr.shape)  # np.ascontiguousarray would turn a 0-d array into shape (1,)
+    flat = np.require(arr, requirements="C").reshape(-1)
+    return [arr.dtype.str, shape, memoryview(flat).cast("B") if arr.size else b""]
 
 
 def _encode_value(value: Any, hint: Any, path: str) -> Any:

@@ -174,7 +174,6 @@ class Node:
         plan = plan_cls(request.model_args)  # its initial weights are replaced by the global ones
         plan.plugin_manager = self.pm
         train, test = dataset.split(args.test_ratio, args.seed)
-        train = plan.training_data(train, args)
         if len(train) == 0:
             raise NodeError(self.name, f"dataset {dataset.name!r} has no training samples")
         session = _Session(plan, params_spec(plan.get_parameters()), args, train, test)

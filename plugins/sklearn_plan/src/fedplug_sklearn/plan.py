@@ -102,6 +102,11 @@ class SklearnAdapter:
             raise ConfigError(
                 f"loss {name!r} is not supported by fedplug-sklearn; use one of {sorted(LOSSES)}"
             )
+        if getattr(estimator, "class_weight", None) is not None:
+            raise ConfigError(
+                "class_weight is not supported with a fedplug.Optimizer; weight the samples in "
+                "the data, or train with the estimator's own learning rate"
+            )
         self.loss_fn = LOSSES[name]
         self.grads: Params | None = None
 
@@ -135,6 +140,8 @@ class SklearnAdapter:
         coef = self.model.coef_
         grad_coef = (dloss.T @ x) / n if coef.ndim == 2 else (dloss @ x) / n
         grad_intercept = dloss.mean(axis=0) if coef.ndim == 2 else np.array([dloss.mean()])
+        if not self.model.fit_intercept:
+            grad_intercept = np.zeros_like(grad_intercept)
         grad_coef = grad_coef + self._penalty_grad(coef)
         self.grads = {"coef": grad_coef, "intercept": grad_intercept}
         return (
@@ -213,7 +220,16 @@ class SklearnTrainingPlan(TrainingPlan):
                 f"model_args key {unknown[0]!r} is not a parameter of {self.estimator_class.__name__} "
                 "nor one of n_features, classes, optimizer"
             )
+        if hyper.get("average"):
+            raise ConfigError(
+                "model_args['average'] is not supported: averaged SGD weights are not the "
+                "parameters that fedplug aggregates; leave it False"
+            )
         self.model = self.estimator_class(**hyper)
+        try:
+            self.model._validate_params()  # sklearn's own checks of every hyper-parameter value
+        except ValueError as exc:
+            raise ConfigError(f"invalid {self.estimator_class.__name__} settings: {exc}") from exc
         if _loss_name(self.model) not in LOSSES:
             raise ConfigError(
                 f"loss {_loss_name(self.model)!r} is not supported by fedplug-sklearn; "
@@ -266,7 +282,8 @@ class SklearnTrainingPlan(TrainingPlan):
             optimizer.start_round()
             adapter = optimizer.adapter(self.model, self.plugin_manager)
         elif args.lr is not None:
-            self.model.set_params(learning_rate="constant", eta0=args.lr)
+            constant = {} if isinstance(self.model, Perceptron) else {"learning_rate": "constant"}
+            self.model.set_params(eta0=args.lr, **constant)
         fit_kwargs = {"classes": self.classes} if self.is_classifier else {}
         losses = []
         for index in batch_indices(len(x), args, rng):

@@ -277,6 +277,12 @@ class TorchMLPPlan(TorchTrainingPlan):
 
     def __init__(self, model_args: dict[str, Any] | None = None) -> None:
         super().__init__(model_args)
+        unknown = sorted(set(self.model_args) - {"layers", "activation", "loss", "optimizer"})
+        if unknown:
+            raise ConfigError(
+                f"unknown model_args key {unknown[0]!r} for torch-mlp; "
+                "known: layers, activation, loss, optimizer"
+            )
         layers = self.model_args.get("layers")
         if not (
             isinstance(layers, list)
@@ -319,5 +325,5 @@ class TorchMLPPlan(TorchTrainingPlan):
             raise ConfigError(f"optimizer type must be 'fedplug', 'sgd' or 'adam', got {kind!r}")
         try:
             return natives[kind](self.parameters(), lr=lr, **spec)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid {kind} optimizer settings {spec!r}: {exc}") from exc
