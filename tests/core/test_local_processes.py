@@ -6,6 +6,18 @@ import pytest
 from fedplug import Dataset, Experiment, Node, NodeError
 
 
+@pytest.fixture(autouse=True)
+def stop_nodes():
+    """Nodes stay registered for tag-only experiments until stopped."""
+    yield
+    for node in CREATED:
+        node.stop()
+    CREATED.clear()
+
+
+CREATED: list[Node] = []
+
+
 def make_nodes(prefix: str, n_nodes: int = 4) -> list[Node]:
     rng = np.random.default_rng(7)
     nodes = []
@@ -13,6 +25,7 @@ def make_nodes(prefix: str, n_nodes: int = 4) -> list[Node]:
         x = rng.normal(size=(80, 6))
         y = (x[:, 0] - x[:, 2] > 0).astype(np.int64)
         nodes.append(Node(f"{prefix}-{i}", Dataset(x, y, tags=["proc"], name=f"d{i}")))
+    CREATED.extend(nodes)
     return nodes
 
 

@@ -14,7 +14,9 @@ def python_blocks(text: str) -> list[str]:
 
 
 def test_readme_example_experiment_runs_and_learns(tmp_path):
-    block = next(b for b in python_blocks(README.read_text()) if "Experiment(" in b and "run()" in b)
+    block = next(
+        b for b in python_blocks(README.read_text()) if "Experiment(" in b and "run()" in b
+    )
     script = tmp_path / "example.py"
     script.write_text(block)
     result = subprocess.run(

@@ -94,10 +94,17 @@ def load_csv(
             reader = csv.reader(handle, delimiter=delimiter)
             header = next(reader)
             rows = list(reader)
-    except (OSError, StopIteration) as exc:
-        raise ConfigError(f"cannot read CSV dataset {path!r}: {exc or 'empty file'}") from exc
+    except (OSError, StopIteration, csv.Error) as exc:
+        raise ConfigError(f"cannot read CSV dataset {path!r}: {str(exc) or 'empty file'}") from exc
     if target not in header:
         raise ConfigError(f"CSV {path!r} has no column {target!r}; columns: {', '.join(header)}")
+    if not rows:
+        raise ConfigError(f"CSV {path!r} has a header but no data rows")
+    for line, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise ConfigError(
+                f"CSV {path!r} line {line} has {len(row)} values, the header has {len(header)}"
+            )
     try:
         table = np.array(rows, dtype=np.float64)
     except ValueError as exc:

@@ -291,12 +291,11 @@ class Experiment:
         train_s = time.perf_counter() - start
         aggregated = self.aggregator.result()
         if self.agg_optimizer is not None:
+            optimizer_state = self.agg_optimizer.get_state()
             self.agg_optimizer.start_round()
-            self._global = self.agg_optimizer.step_global(self._global, aggregated)
+            new_global = self.agg_optimizer.step_global(self._global, aggregated)
         else:
-            self._global = aggregated
-        self._plan_dirty = True
-        self.round_index += 1
+            new_global = aggregated
         row = _train_summary(index, replies)
         row["failures"] = failures
         row["durations"] = {
@@ -305,9 +304,19 @@ class Experiment:
         }
         if self._should_validate(index):
             vstart = time.perf_counter()
-            row["validation"], row["validation_global"] = self._validation_round(index)
+            try:
+                validation = self._validation_round(index, new_global)
+            except FedplugError:
+                # the round is applied whole or not at all
+                if self.agg_optimizer is not None:
+                    self.agg_optimizer.set_state(optimizer_state)
+                raise
+            row["validation"], row["validation_global"], row["validation_failures"] = validation
             row["durations"]["validate_s"] = time.perf_counter() - vstart
         row["durations"]["round_s"] = time.perf_counter() - start
+        self._global = new_global
+        self._plan_dirty = True
+        self.round_index += 1
         self.history.append(row)
         self.pm.hook.fedplug_round_finished(round_index=index, summary=row, experiment=self)
         return row
@@ -318,7 +327,7 @@ class Experiment:
         last = self.round_limit is not None and index + 1 == self.round_limit
         return last or (index + 1) % self.validate_every == 0
 
-    def _request(self, cls: type, index: int) -> bytes:
+    def _request(self, cls: type, index: int, params: Params) -> bytes:
         return msg.encode(
             cls(
                 experiment_id=self.id,
@@ -327,7 +336,7 @@ class Experiment:
                 model_args=self.model_args,
                 training_args=self.training_args.to_dict(),
                 tags=self.tags,
-                params=self._global,
+                params=params,
             )
         )
 
@@ -387,12 +396,14 @@ class Experiment:
             except AggregationError as exc:
                 raise NodeError(node, str(exc)) from None
 
-        return self._collect(self._request(msg.TrainRequest, index), index, msg.TrainReply, fold)
+        payload = self._request(msg.TrainRequest, index, self._global)
+        return self._collect(payload, index, msg.TrainReply, fold)
 
-    def _validation_round(self, index: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-        replies, _ = self._collect(
-            self._request(msg.EvaluateRequest, index), index, msg.EvaluateReply, lambda n, r: None
-        )
+    def _validation_round(
+        self, index: int, params: Params
+    ) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, str]]:
+        payload = self._request(msg.EvaluateRequest, index, params)
+        replies, failures = self._collect(payload, index, msg.EvaluateReply, lambda n, r: None)
         per_node = {
             node: dict(r.metrics, n_samples=r.n_samples) for node, r in sorted(replies.items())
         }
@@ -406,11 +417,13 @@ class Experiment:
                     / total
                 )
         overall["n_samples"] = total
-        return per_node, overall
+        return per_node, overall, failures
 
     def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-        """Validate the current global model on every node's held-out split now."""
-        return self._validation_round(self.round_index)
+        """Validate the current global model on every node's held-out split now: per-node
+        metrics and their average weighted by test samples."""
+        per_node, overall, _ = self._validation_round(self.round_index, self._global)
+        return per_node, overall
 
     def __repr__(self) -> str:
         return (
@@ -422,14 +435,18 @@ class Experiment:
 def load_params(path: str | Path) -> Params:
     """Parameters from a file written by :meth:`Experiment.save_model`."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "__meta__" not in data.files:
-                raise ConfigError(f"{path} is not a fedplug model file (no __meta__ entry)")
-            return {
-                key[len("param:") :]: data[key] for key in data.files if key.startswith("param:")
-            }
-    except (OSError, ValueError) as exc:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise ConfigError(f"cannot read model file {path}: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ConfigError(f"{path} is not a fedplug model file (not an .npz archive)")
+    with data:
+        if "__meta__" not in data.files:
+            raise ConfigError(f"{path} is not a fedplug model file (no __meta__ entry)")
+        try:
+            return {k[len("param:") :]: data[k] for k in data.files if k.startswith("param:")}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read model file {path}: {exc}") from exc
 
 
 def _check_rounds(what: str, value: Any, allow_none: bool = False) -> Any:

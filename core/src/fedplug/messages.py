@@ -144,7 +144,7 @@ def _encode_array(name: str, value: Any) -> list[Any]:
     if arr.dtype.str not in _DTYPES:
         arr = arr.astype(arr.dtype.newbyteorder("<"))
         if arr.dtype.str not in _DTYPES:
-            raise MessageError(f"array {name!r} has unsupported dtype {value.dtype}")
+            raise MessageError(f"array {name!r} has unsupported dtype {arr.dtype}")
     shape = list(arr.shape)  # np.ascontiguousarray would turn a 0-d array into shape (1,)
     flat = np.require(arr, requirements="C").reshape(-1)
     return [arr.dtype.str, shape, memoryview(flat).cast("B") if arr.size else b""]
@@ -211,11 +211,20 @@ def _decode_array(raw: Any, path: str) -> np.ndarray:
             f"{path}: {len(data)} bytes do not match dtype {dtype} and shape {tuple(shape)} "
             f"({expected} bytes expected)"
         )
-    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+    try:
+        arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+    except (ValueError, OverflowError) as exc:
+        raise MessageError(f"{path}: invalid shape {tuple(shape)}: {exc}") from None
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = "NaN" if np.isnan(arr).any() else "infinite values"
         raise MessageError(f"{path}: contains {bad}; refusing non-finite parameters")
     return arr
+
+
+def _check_keys(value: dict, path: str) -> None:
+    for key in value:
+        if not isinstance(key, str):
+            raise MessageError(f"{path}: map keys must be strings, got {key!r}")
 
 
 def _check_json(value: Any, path: str, depth: int = 0) -> Any:
@@ -230,6 +239,7 @@ def _check_json(value: Any, path: str, depth: int = 0) -> Any:
     if isinstance(value, list):
         return [_check_json(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, dict):
+        _check_keys(value, path)
         return {key: _check_json(item, f"{path}.{key}", depth + 1) for key, item in value.items()}
     raise MessageError(f"{path}: unexpected value of type {type(value).__name__}")
 
@@ -239,6 +249,7 @@ def _decode_value(value: Any, hint: Any, path: str) -> Any:
     if hint == Arrays:
         if not isinstance(value, dict):
             raise MessageError(f"{path}: expected a map of arrays, got {type(value).__name__}")
+        _check_keys(value, path)
         return {name: _decode_array(raw, f"{path}.{name}") for name, raw in value.items()}
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -259,6 +270,7 @@ def _decode_value(value: Any, hint: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
         _, inner = typing.get_args(hint)
+        _check_keys(value, path)
         return {key: _decode_value(item, inner, f"{path}.{key}") for key, item in value.items()}
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -276,6 +288,7 @@ def _decode_value(value: Any, hint: Any, path: str) -> Any:
 def _decode_fields(cls: type, body: Any, path: str) -> Any:
     if not isinstance(body, dict):
         raise MessageError(f"{path}: expected a map of fields, got {type(body).__name__}")
+    _check_keys(body, path)
     hints = _hints(cls)
     declared = {f.name for f in fields(cls)}
     extra = sorted(set(body) - declared)
@@ -319,7 +332,7 @@ def decode(
         raise MessageError(f"malformed message bytes: {type(exc).__name__}: {exc}") from None
     if not (isinstance(envelope, dict) and set(envelope) == {"fedplug", "type", "body"}):
         raise MessageError("malformed message: not a fedplug envelope")
-    if envelope["fedplug"] != VERSION:
+    if type(envelope["fedplug"]) is not int or envelope["fedplug"] != VERSION:
         raise MessageError(
             f"message format version {envelope['fedplug']!r} is not supported (this fedplug "
             f"speaks version {VERSION}); upgrade the older side"

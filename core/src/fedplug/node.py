@@ -157,8 +157,8 @@ class Node:
                 raise NodeError(
                     self.name,
                     f"training plan {ref.class_name} (sha256 {ref.sha256}) is not approved on "
-                    f"this node; its code was not run. Approve it with "
-                    f"`fedplug node plan approve {ref.sha256}`",
+                    f"this node; its code was not run. The node's administrator approves it "
+                    f"with node.approve_plan({ref.sha256!r})",
                 )
             self._plan_classes[key] = load_plan_class(ref, self.pm.training_plans)
         return self._plan_classes[key]

@@ -8,6 +8,7 @@ what aggregators average and what the researcher's optimizer steps.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -89,7 +90,9 @@ class TrainingArgs:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ConfigError(f"training argument 'seed' must be a non-negative int, got {seed!r}")
         device = values.get("device", "cpu")
-        if not isinstance(device, str) or not (device in _DEVICES or device.startswith("cuda:")):
+        if not isinstance(device, str) or not (
+            device in _DEVICES or re.fullmatch(r"cuda:\d+", device)
+        ):
             raise ConfigError(
                 f"training argument 'device' must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}"
             )
@@ -124,6 +127,8 @@ def batch_indices(n_samples: int, args: TrainingArgs, rng: np.random.Generator):
 
     The last batch of a pass may be smaller (as a ``DataLoader`` without ``drop_last``).
     """
+    if n_samples <= 0:
+        raise ConfigError("cannot draw batches from an empty training set")
     steps = args.num_steps(n_samples)
     done = 0
     while done < steps:
