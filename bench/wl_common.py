@@ -96,7 +96,9 @@ def w1_node_indices(y: np.ndarray, seed: int = SEED) -> list[np.ndarray]:
     pools = {label: list(rng.permutation(np.flatnonzero(y == label))) for label in (0, 1)}
     parts = []
     for size, n_one in zip(sizes, ones, strict=True):
-        take = [pools[1].pop() for _ in range(n_one)] + [pools[0].pop() for _ in range(size - n_one)]
+        take = [pools[1].pop() for _ in range(n_one)] + [
+            pools[0].pop() for _ in range(size - n_one)
+        ]
         parts.append(np.array(sorted(take)))
     return parts
 
@@ -104,7 +106,7 @@ def w1_node_indices(y: np.ndarray, seed: int = SEED) -> list[np.ndarray]:
 def holdout(n: int, ratio: float, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices of a node's split (``fedplug.datasets.Dataset.split``)."""
     order = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(n * ratio))
+    n_test = round(n * ratio)
     return order[n_test:], order[:n_test]
 
 
@@ -149,9 +151,11 @@ def report(**values: Any) -> None:
     print(json.dumps(values), flush=True)
 
 
-def child_args(argv: list[str]) -> tuple[str, int | None]:
-    """``WORKLOAD [--workers N]``."""
+def child_args(argv: list[str]) -> tuple[str, int | None, bool]:
+    """``WORKLOAD [--workers N] [--processes]``."""
     if not argv or argv[0] not in RECIPES:
-        raise SystemExit(f"usage: WORKLOAD [--workers N]; WORKLOAD in {sorted(RECIPES)}")
+        raise SystemExit(
+            f"usage: WORKLOAD [--workers N] [--processes]; WORKLOAD in {sorted(RECIPES)}"
+        )
     workers = int(argv[argv.index("--workers") + 1]) if "--workers" in argv else None
-    return argv[0], workers
+    return argv[0], workers, "--processes" in argv

@@ -1,9 +1,9 @@
 """One workload of BENCHMARKS.md on fedplug's local transport, in this process.
 
 Run by ``bench/workloads.py`` in a fresh interpreter (``python bench/wl_fedplug.py W1
-[--workers N]``); prints one JSON line. Written as a fedplug user would (README): in-process
-``Node`` objects holding ``Dataset``\\ s, a ``TorchTrainingPlan`` subclass shipped to the nodes as
-source, ``Experiment(...).run()``. Round times come from a ``fedplug_round_finished`` observer.
+[--workers N] [--processes]``); prints one JSON line. Written as a fedplug user would (README): in-process
+``Node`` objects holding a ``Dataset`` each, a ``TorchTrainingPlan`` subclass shipped to the nodes
+as source, ``Experiment(...).run()``. Round times come from a ``fedplug_round_finished`` observer.
 """
 
 import time
@@ -15,10 +15,11 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import wl_common  # noqa: E402
+from torch import nn  # noqa: E402
+
 from fedplug import Dataset, Experiment, Node, get_plugin_manager, hookimpl  # noqa: E402
 from fedplug.demo import label_skew_split, load_breast_cancer  # noqa: E402
 from fedplug_torch import TorchTrainingPlan  # noqa: E402
-from torch import nn  # noqa: E402
 
 T_IMPORTED = time.monotonic()
 
@@ -31,10 +32,10 @@ class MLPPlan(TorchTrainingPlan):
         super().__init__(model_args)
         sizes = self.model_args["layers"]
         modules = []
-        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
-            if i:
+        for i in range(1, len(sizes)):
+            if i > 1:
                 modules.append(nn.ReLU())
-            modules.append(nn.Linear(n_in, n_out))
+            modules.append(nn.Linear(sizes[i - 1], sizes[i]))
         self.model = nn.Sequential(*modules)
         self.loss = nn.CrossEntropyLoss()
         self.add_dependency(["from torch import nn"])
@@ -67,7 +68,7 @@ def build_nodes(workload: str) -> list[Node]:
 
 
 def main() -> None:
-    workload, workers = wl_common.child_args(sys.argv[1:])
+    workload, workers, processes = wl_common.child_args(sys.argv[1:])
     recipe = wl_common.RECIPES[workload]
     nodes = build_nodes(workload)
     clock = RoundClock()
@@ -84,6 +85,7 @@ def main() -> None:
         # W1 validates the final model only (the floor evaluates once, at the end, too)
         validate=recipe.rounds if recipe.test_ratio else False,
         workers=workers,
+        processes=processes,
         progress=False,
         plugin_manager=pm,
     )
@@ -97,6 +99,7 @@ def main() -> None:
         workload=workload,
         system="fedplug",
         workers=exp.transport.workers,
+        processes=processes,
         torch_threads=torch.get_num_threads(),
         plan_shipped_as="source" if exp.plan_ref.source else "registered name",
         start_mono=T_START,

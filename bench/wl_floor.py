@@ -23,15 +23,15 @@ T_IMPORTED = time.monotonic()
 def mlp(layers: list[int]) -> nn.Sequential:
     """Linear layers of the given sizes with ReLU between them (built as the fedplug plan does)."""
     modules: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(layers, layers[1:], strict=False)):
-        if i:
+    for i in range(1, len(layers)):
+        if i > 1:
             modules.append(nn.ReLU())
-        modules.append(nn.Linear(n_in, n_out))
+        modules.append(nn.Linear(layers[i - 1], layers[i]))
     return nn.Sequential(*modules)
 
 
 def main() -> None:
-    workload, _ = wl_common.child_args(sys.argv[1:])
+    workload, _, _ = wl_common.child_args(sys.argv[1:])
     recipe = wl_common.RECIPES[workload]
     seed = wl_common.SEED
 
@@ -46,7 +46,10 @@ def main() -> None:
             clients.append((xn[train], yn[train]))
             tests.append((xn[test], yn[test]))
     else:
-        clients = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in wl_common.synthetic_clients(workload)]
+        clients = [
+            (torch.from_numpy(x), torch.from_numpy(y))
+            for x, y in wl_common.synthetic_clients(workload)
+        ]
 
     torch.manual_seed(seed)
     model = mlp(recipe.layers)

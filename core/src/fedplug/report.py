@@ -77,6 +77,7 @@ def plot_history(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     rounds = [row["round"] + 1 for row in history]
@@ -114,7 +115,9 @@ def plot_history(
     ax_metric.set_ylabel(metric)
     ax_metric.set_title(f"validation {metric} of the global model")
     ax_metric.grid(alpha=0.3)
-    ax_metric.legend()
+    ax_metric.legend(loc="lower right")
+    for ax in (ax_loss, ax_metric):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
