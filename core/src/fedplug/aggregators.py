@@ -88,18 +88,31 @@ class FedAverage(Aggregator):
     name = "fedavg"
     weighted_sum = True
 
+    _CHUNK = 1 << 18  # elements weighted at a time: bounds the scratch memory to 2 MiB
+
     def begin(self, global_params: Params) -> None:
         super().begin(global_params)
         self._sum = {name: np.zeros(shape, dtype=np.float64) for name, shape in self._spec.items()}
+        size = max((int(np.prod(shape)) for shape in self._spec.values()), default=0)
+        self._scratch = np.empty(min(size, self._CHUNK), dtype=np.float64)
         self._total = 0
 
     def _add(self, params: Params, n_samples: int) -> None:
         for name, value in params.items():
-            self._sum[name] += np.multiply(value, n_samples, dtype=np.float64)
+            flat_sum = self._sum[name].reshape(-1)
+            flat = np.asarray(value).reshape(-1)
+            for start in range(0, flat.size, self._CHUNK):
+                part = self._scratch[: min(self._CHUNK, flat.size - start)]
+                np.multiply(flat[start : start + part.size], n_samples, out=part)
+                flat_sum[start : start + part.size] += part
         self._total += n_samples
 
     def _result(self) -> Params:
-        return {name: total / self._total for name, total in self._sum.items()}
+        if self._total:  # divide in place once; a second call returns the same mean
+            for total in self._sum.values():
+                total /= self._total
+            self._total = 0
+        return self._sum
 
 
 class Median(Aggregator):

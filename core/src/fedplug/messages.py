@@ -215,7 +215,13 @@ def _decode_array(raw: Any, path: str) -> np.ndarray:
         arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     except (ValueError, OverflowError) as exc:
         raise MessageError(f"{path}: invalid shape {tuple(shape)}: {exc}") from None
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    # A float64 sum is NaN/inf iff some value is (a float32 array cannot overflow it); only a
+    # float64 array of huge finite values needs the exact, slower scan.
+    if (
+        arr.dtype.kind == "f"
+        and not np.isfinite(arr.sum(dtype=np.float64))
+        and not np.isfinite(arr).all()
+    ):
         bad = "NaN" if np.isnan(arr).any() else "infinite values"
         raise MessageError(f"{path}: contains {bad}; refusing non-finite parameters")
     return arr
