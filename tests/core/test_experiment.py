@@ -510,7 +510,7 @@ def _with_bad_node(make_nodes, node_cls, forge=None):
 
 
 BAD_NODES = [
-    pytest.param(GarbageNode, None, "MessageError: malformed message bytes", id="garbage"),
+    pytest.param(GarbageNode, None, "MessageError: malformed message", id="garbage"),
     pytest.param(VanishingNode, None, "did not answer: ConnectionResetError", id="vanishing"),
     pytest.param(
         None, lambda r: replace(r, node="someone-else"), "claims to come from", id="impostor"

@@ -23,6 +23,8 @@ from fedplug.messages import (
     TrainRequest,
     decode,
     encode,
+    frame,
+    read_header,
 )
 
 DTYPES = [
@@ -142,18 +144,23 @@ def reply(**params: np.ndarray) -> TrainReply:
 
 
 def envelope(message) -> dict:
-    """The decoded msgpack envelope of a valid message, to tamper with."""
-    return msgpack.unpackb(encode(message), raw=False)
+    """The decoded msgpack header of a valid message, to tamper with."""
+    header, _ = read_header(encode(message))
+    return header
 
 
-def pack(obj) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+def pack(obj, raw: bytes = b"") -> bytes:
+    """A frame with ``obj`` as its msgpack header and ``raw`` as its array section."""
+    return frame(msgpack.packb(obj, use_bin_type=True), raw)
 
 
-def tampered_body(**changes) -> bytes:
-    env = envelope(reply(w=np.ones((2, 3), dtype=np.float32)))
+W = np.ones((2, 3), dtype=np.float32)
+
+
+def tampered_body(raw: bytes = W.tobytes(), **changes) -> bytes:
+    env = envelope(reply(w=W))
     env["body"].update(changes)
-    return pack(env)
+    return pack(env, raw)
 
 
 # -- round trips --------------------------------------------------------------------------------
@@ -274,7 +281,7 @@ def test_what_is_not_an_envelope_is_refused(obj):
         decode(pack(obj))
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None, [1], True, 1.0])
+@pytest.mark.parametrize("version", [0, 1, 3, "2", None, [2], True, 2.0])
 def test_other_envelope_versions_are_refused(version):
     env = envelope(reply())
     env["fedplug"] = version
@@ -316,8 +323,8 @@ def test_extra_fields_of_mixed_key_types_are_refused():
         ("train_loss", float("nan"), "train_loss: non-finite"),
         ("duration_s", float("inf"), "duration_s: non-finite"),
         ("params", [1, 2], "params: expected a map of arrays"),
-        ("params", {"w": "abc"}, r"params.w: an array must be \[dtype, shape, bytes\]"),
-        ("params", {"w": ["<f4", [1], b"\0" * 4, "x"]}, r"an array must be \[dtype"),
+        ("params", {"w": "abc"}, r"params.w: an array must be \[dtype, shape, offset, nbytes\]"),
+        ("params", {"w": ["<f4", [1], 0, 4, "x"]}, r"an array must be \[dtype"),
     ],
 )
 def test_wrong_field_types_are_refused(field, value, match):
@@ -373,8 +380,9 @@ def test_non_finite_metrics_are_refused():
 # -- arrays on the wire -------------------------------------------------------------------------
 
 
-def wire_array(dtype, shape, data) -> bytes:
-    return tampered_body(params={"w": [dtype, shape, data]})
+def wire_array(dtype, shape, data, offset=0, nbytes=None) -> bytes:
+    nbytes = len(data) if nbytes is None else nbytes
+    return tampered_body(raw=data, params={"w": [dtype, shape, offset, nbytes]})
 
 
 @pytest.mark.parametrize(
@@ -398,9 +406,32 @@ def test_invalid_shapes_are_refused(shape):
         decode(wire_array("<f8", shape, b"\0" * 8))
 
 
-def test_array_data_must_be_bytes():
-    with pytest.raises(MessageError, match="array data must be bytes, got str"):
-        decode(wire_array("|u1", [3], "abc"))
+@pytest.mark.parametrize(("offset", "nbytes"), [("0", 3), (0, "3"), (-1, 3), (0, True), (0, 3.0)])
+def test_array_offsets_must_be_counts(offset, nbytes):
+    with pytest.raises(MessageError, match="offset and nbytes must be non-negative ints"):
+        decode(wire_array("|u1", [3], b"abc", offset, nbytes))
+
+
+def test_arrays_must_lie_inside_the_frame():
+    with pytest.raises(MessageError, match="lie outside"):
+        decode(wire_array("|u1", [3], b"abc", offset=2))
+
+
+def test_arrays_must_tile_the_raw_section():
+    with pytest.raises(MessageError, match="2 bytes of array data are not used"):
+        decode(wire_array("|u1", [3], b"abcde", nbytes=3))
+    reply_two = encode(reply(a=np.ones(2, dtype=np.uint8), b=np.ones(2, dtype=np.uint8)))
+    env = envelope(reply(a=np.ones(2, dtype=np.uint8), b=np.ones(2, dtype=np.uint8)))
+    env["body"]["params"]["b"][2] = 0  # b overlaps a
+    with pytest.raises(MessageError, match="not laid out contiguously"):
+        decode(pack(env, reply_two[-4:]))
+
+
+def test_decoded_arrays_are_read_only_views_of_the_frame():
+    raw = encode(reply(w=np.arange(6, dtype=np.float64)))
+    decoded = decode(raw).params["w"]
+    assert not decoded.flags.writeable
+    assert np.shares_memory(decoded, np.frombuffer(raw, dtype=np.uint8))
 
 
 @pytest.mark.parametrize("shape", [[0, 2**63], [2**64 - 1, 0], [0, 2**40, 2**40]])

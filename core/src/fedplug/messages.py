@@ -1,8 +1,14 @@
 """Typed messages between researcher and nodes, and their byte encoding.
 
 Every exchange is one of the dataclasses below, encoded to bytes even in-process so that any
-transport can carry it. The encoding is a msgpack envelope ``{"fedplug": VERSION, "type": name,
-"body": {...}}``; arrays travel as ``[dtype, shape, raw bytes]``. Nothing is ever unpickled.
+transport can carry it. Nothing is ever unpickled. The frame is::
+
+    u32 little-endian header length | msgpack header | raw array bytes
+
+The header is ``{"fedplug": VERSION, "type": name, "body": {...}}``; in the body an array is
+``[dtype, shape, offset, nbytes]`` pointing into the raw section, which the arrays tile exactly.
+Arrays are written once when encoding and decoded as read-only views of the frame (no copy), so a
+model of hundreds of MB costs one memcpy per hop, not several.
 
 :func:`decode` validates everything against the message's declared field types and raises
 :class:`MessageError` for anything else: unknown types, missing or extra fields, wrong value types,
@@ -12,9 +18,12 @@ payloads over ``max_bytes``.
 
 from __future__ import annotations
 
+import functools
 import math
+import struct
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -23,7 +32,7 @@ import numpy as np
 
 from fedplug.errors import MessageError
 
-VERSION = 1
+VERSION = 2
 DEFAULT_MAX_BYTES = 4 * 1024**3
 _MAX_NDIM = 32
 _DTYPES = frozenset(
@@ -139,28 +148,38 @@ def _hints(cls: type) -> dict[str, Any]:
 # -- encoding -----------------------------------------------------------------------------------
 
 
-def _encode_array(name: str, value: Any) -> list[Any]:
-    arr = np.asarray(value)
-    if arr.dtype.str not in _DTYPES:
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
+class _Encoder:
+    """Builds a header body while collecting the arrays' raw bytes."""
+
+    def __init__(self) -> None:
+        self.blobs: list[Any] = []
+        self.size = 0
+
+    def array(self, name: str, value: Any) -> list[Any]:
+        arr = np.asarray(value)
         if arr.dtype.str not in _DTYPES:
-            raise MessageError(f"array {name!r} has unsupported dtype {arr.dtype}")
-    shape = list(arr.shape)  # np.ascontiguousarray would turn a 0-d array into shape (1,)
-    flat = np.require(arr, requirements="C").reshape(-1)
-    return [arr.dtype.str, shape, memoryview(flat).cast("B") if arr.size else b""]
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+            if arr.dtype.str not in _DTYPES:
+                raise MessageError(f"array {name!r} has unsupported dtype {arr.dtype}")
+        shape = list(arr.shape)  # np.ascontiguousarray would turn a 0-d array into shape (1,)
+        flat = np.require(arr, requirements="C").reshape(-1)
+        offset = self.size
+        if flat.nbytes:
+            self.blobs.append(memoryview(flat).cast("B"))
+            self.size += flat.nbytes
+        return [arr.dtype.str, shape, offset, flat.nbytes]
 
-
-def _encode_value(value: Any, hint: Any, path: str) -> Any:
-    if hint == Arrays:
-        return {name: _encode_array(f"{path}.{name}", arr) for name, arr in value.items()}
-    if is_dataclass(hint):
-        return {
-            f.name: _encode_value(getattr(value, f.name), _hints(hint)[f.name], f"{path}.{f.name}")
-            for f in fields(hint)
-        }
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    def value(self, value: Any, hint: Any, path: str) -> Any:
+        if hint == Arrays:
+            return {name: self.array(f"{path}.{name}", arr) for name, arr in value.items()}
+        if is_dataclass(hint):
+            return {
+                f.name: self.value(getattr(value, f.name), _hints(hint)[f.name], f"{path}.{f.name}")
+                for f in fields(hint)
+            }
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
 
 
 def encode(message: Message) -> bytes:
@@ -168,16 +187,23 @@ def encode(message: Message) -> bytes:
     cls = type(message)
     if MESSAGE_TYPES.get(cls.__name__) is not cls:
         raise MessageError(f"cannot encode {cls.__name__}: not a fedplug message type")
+    encoder = _Encoder()
     hints = _hints(cls)
     body = {
-        f.name: _encode_value(getattr(message, f.name), hints[f.name], f.name) for f in fields(cls)
+        f.name: encoder.value(getattr(message, f.name), hints[f.name], f.name) for f in fields(cls)
     }
     try:
-        return msgpack.packb(
+        header = msgpack.packb(
             {"fedplug": VERSION, "type": cls.__name__, "body": body}, use_bin_type=True
         )
     except (TypeError, ValueError, OverflowError) as exc:
         raise MessageError(f"cannot encode {cls.__name__}: {exc}") from exc
+    return frame(header, *encoder.blobs)
+
+
+def frame(header: bytes, *blobs: Any) -> bytes:
+    """Join a packed header and raw array bytes into one message frame."""
+    return b"".join([struct.pack("<I", len(header)), header, *blobs])
 
 
 # -- decoding -----------------------------------------------------------------------------------
@@ -187,50 +213,81 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise MessageError(f"msgpack extension type {code} is not allowed in fedplug messages")
 
 
-def _decode_array(raw: Any, path: str) -> np.ndarray:
-    if not (isinstance(raw, list) and len(raw) == 3):
-        raise MessageError(
-            f"{path}: an array must be [dtype, shape, bytes], got {type(raw).__name__}"
-        )
-    dtype, shape, data = raw
-    if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise MessageError(
-            f"{path}: unsupported dtype {dtype!r}; allowed: {', '.join(sorted(_DTYPES))}"
-        )
-    if not (
-        isinstance(shape, list)
-        and len(shape) <= _MAX_NDIM
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise MessageError(f"{path}: invalid shape {shape!r}")
-    if not isinstance(data, bytes):
-        raise MessageError(f"{path}: array data must be bytes, got {type(data).__name__}")
-    expected = math.prod(shape) * np.dtype(dtype).itemsize
-    if len(data) != expected:
-        raise MessageError(
-            f"{path}: {len(data)} bytes do not match dtype {dtype} and shape {tuple(shape)} "
-            f"({expected} bytes expected)"
-        )
-    try:
-        arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-    except (ValueError, OverflowError) as exc:
-        raise MessageError(f"{path}: invalid shape {tuple(shape)}: {exc}") from None
-    # A float64 sum is NaN/inf iff some value is (a float32 array cannot overflow it); only a
-    # float64 array of huge finite values needs the exact, slower scan.
-    if (
-        arr.dtype.kind == "f"
-        and not np.isfinite(arr.sum(dtype=np.float64))
-        and not np.isfinite(arr).all()
-    ):
-        bad = "NaN" if np.isnan(arr).any() else "infinite values"
-        raise MessageError(f"{path}: contains {bad}; refusing non-finite parameters")
-    return arr
-
-
 def _check_keys(value: dict, path: str) -> None:
     for key in value:
         if not isinstance(key, str):
             raise MessageError(f"{path}: map keys must be strings, got {key!r}")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class _Decoder:
+    """Validates a header body against field types; arrays become views of the raw section."""
+
+    def __init__(self, data: memoryview, raw_start: int) -> None:
+        self.data = data
+        self.raw_start = raw_start
+        self.raw_size = len(data) - raw_start
+        self.spans: list[tuple[int, int]] = []
+
+    def array(self, raw: Any, path: str) -> np.ndarray:
+        if not (isinstance(raw, list) and len(raw) == 4):
+            raise MessageError(
+                f"{path}: an array must be [dtype, shape, offset, nbytes], got {raw!r:.60}"
+            )
+        dtype, shape, offset, nbytes = raw
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise MessageError(
+                f"{path}: unsupported dtype {dtype!r}; allowed: {', '.join(sorted(_DTYPES))}"
+            )
+        if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM and all(map(_is_count, shape))):
+            raise MessageError(f"{path}: invalid shape {shape!r}")
+        if not (_is_count(offset) and _is_count(nbytes)):
+            raise MessageError(f"{path}: array offset and nbytes must be non-negative ints")
+        expected = math.prod(shape) * np.dtype(dtype).itemsize
+        if nbytes != expected:
+            raise MessageError(
+                f"{path}: {nbytes} bytes do not match dtype {dtype} and shape {tuple(shape)} "
+                f"({expected} bytes expected)"
+            )
+        if offset + nbytes > self.raw_size:
+            raise MessageError(
+                f"{path}: bytes {offset}..{offset + nbytes} lie outside the message's "
+                f"{self.raw_size} bytes of array data"
+            )
+        if nbytes:
+            self.spans.append((offset, nbytes))
+        try:
+            start = self.raw_start + offset
+            arr = np.frombuffer(self.data[start : start + nbytes], dtype=dtype).reshape(shape)
+        except (ValueError, OverflowError) as exc:
+            raise MessageError(f"{path}: invalid shape {tuple(shape)}: {exc}") from None
+        # A float64 sum is NaN/inf iff some value is (a float32 array cannot overflow it); only
+        # a float64 array of huge finite values needs the exact, slower scan.
+        if (
+            arr.dtype.kind == "f"
+            and not np.isfinite(arr.sum(dtype=np.float64))
+            and not np.isfinite(arr).all()
+        ):
+            bad = "NaN" if np.isnan(arr).any() else "infinite values"
+            raise MessageError(f"{path}: contains {bad}; refusing non-finite parameters")
+        return arr
+
+    def check_tiling(self) -> None:
+        """The arrays must cover the raw section exactly: no overlap, gap or trailing bytes."""
+        position = 0
+        for offset, nbytes in sorted(self.spans):
+            if offset != position:
+                raise MessageError(
+                    f"array data is not laid out contiguously (a gap or overlap at byte {offset})"
+                )
+            position += nbytes
+        if position != self.raw_size:
+            raise MessageError(
+                f"{self.raw_size - position} bytes of array data are not used by any array"
+            )
 
 
 def _check_json(value: Any, path: str, depth: int = 0) -> Any:
@@ -250,64 +307,107 @@ def _check_json(value: Any, path: str, depth: int = 0) -> Any:
     raise MessageError(f"{path}: unexpected value of type {type(value).__name__}")
 
 
-def _decode_value(value: Any, hint: Any, path: str) -> Any:
+FieldDecoder = Callable[[_Decoder, Any, str], Any]
+
+
+@functools.cache
+def _field_decoder(hint: Any) -> FieldDecoder:
+    """A decoding function for one field type, built once per type."""
     origin = typing.get_origin(hint)
     if hint == Arrays:
-        if not isinstance(value, dict):
-            raise MessageError(f"{path}: expected a map of arrays, got {type(value).__name__}")
-        _check_keys(value, path)
-        return {name: _decode_array(raw, f"{path}.{name}") for name, raw in value.items()}
+
+        def arrays(dec: _Decoder, value: Any, path: str) -> Any:
+            if not isinstance(value, dict):
+                raise MessageError(f"{path}: expected a map of arrays, got {type(value).__name__}")
+            _check_keys(value, path)
+            return {name: dec.array(raw, f"{path}.{name}") for name, raw in value.items()}
+
+        return arrays
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        (inner,) = [opt for opt in options if opt is not type(None)]
-        return _decode_value(value, inner, path)
+        (inner,) = [opt for opt in typing.get_args(hint) if opt is not type(None)]
+        inner_decoder = _field_decoder(inner)
+        return lambda dec, value, path: None if value is None else inner_decoder(dec, value, path)
     if hint is JSON:
-        return _check_json(value, path)
+        return lambda dec, value, path: _check_json(value, path)
     if is_dataclass(hint):
-        return _decode_fields(hint, value, path)
+        return lambda dec, value, path: _decode_fields(dec, hint, value, path)
     if origin is list:
-        if not isinstance(value, list):
-            raise MessageError(f"{path}: expected a list, got {type(value).__name__}")
-        (inner,) = typing.get_args(hint)
-        return [_decode_value(item, inner, f"{path}[{i}]") for i, item in enumerate(value)]
+        inner_decoder = _field_decoder(typing.get_args(hint)[0])
+
+        def sequence(dec: _Decoder, value: Any, path: str) -> Any:
+            if not isinstance(value, list):
+                raise MessageError(f"{path}: expected a list, got {type(value).__name__}")
+            return [inner_decoder(dec, item, f"{path}[{i}]") for i, item in enumerate(value)]
+
+        return sequence
     if origin is dict:
-        if not isinstance(value, dict):
-            raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
-        _, inner = typing.get_args(hint)
-        _check_keys(value, path)
-        return {key: _decode_value(item, inner, f"{path}.{key}") for key, item in value.items()}
+        inner_decoder = _field_decoder(typing.get_args(hint)[1])
+
+        def mapping(dec: _Decoder, value: Any, path: str) -> Any:
+            if not isinstance(value, dict):
+                raise MessageError(f"{path}: expected a map, got {type(value).__name__}")
+            _check_keys(value, path)
+            return {key: inner_decoder(dec, item, f"{path}.{key}") for key, item in value.items()}
+
+        return mapping
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MessageError(f"{path}: expected a number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise MessageError(f"{path}: non-finite number {value!r}")
-        return float(value)
+
+        def number(dec: _Decoder, value: Any, path: str) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise MessageError(f"{path}: expected a number, got {type(value).__name__}")
+            if not math.isfinite(value):
+                raise MessageError(f"{path}: non-finite number {value!r}")
+            return float(value)
+
+        return number
     if hint in (int, str, bool):
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise MessageError(f"{path}: expected {hint.__name__}, got {type(value).__name__}")
-        return value
-    raise MessageError(f"{path}: no decoder for field type {hint!r}")  # pragma: no cover
+
+        def scalar(dec: _Decoder, value: Any, path: str) -> Any:
+            if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+                raise MessageError(f"{path}: expected {hint.__name__}, got {type(value).__name__}")
+            return value
+
+        return scalar
+    raise TypeError(f"no decoder for field type {hint!r}")  # a bug in a message definition
 
 
-def _decode_fields(cls: type, body: Any, path: str) -> Any:
+def _decode_fields(dec: _Decoder, cls: type, body: Any, path: str) -> Any:
     if not isinstance(body, dict):
         raise MessageError(f"{path}: expected a map of fields, got {type(body).__name__}")
     _check_keys(body, path)
     hints = _hints(cls)
-    declared = {f.name for f in fields(cls)}
-    extra = sorted(set(body) - declared)
+    extra = [key for key in body if key not in hints]
     if extra:
-        raise MessageError(f"{path}: unexpected field {extra[0]!r} in {cls.__name__}")
+        raise MessageError(f"{path}: unexpected field {sorted(extra)[0]!r} in {cls.__name__}")
     values = {}
     for f in fields(cls):
         if f.name not in body:
             if f.default is not MISSING or f.default_factory is not MISSING:
                 continue
             raise MessageError(f"{path}: {cls.__name__} is missing field {f.name!r}")
-        values[f.name] = _decode_value(body[f.name], hints[f.name], f"{path}.{f.name}")
+        values[f.name] = _field_decoder(hints[f.name])(dec, body[f.name], f"{path}.{f.name}")
     return cls(**values)
+
+
+def read_header(data: bytes | bytearray | memoryview) -> tuple[Any, int]:
+    """The unpacked (unvalidated) header of a frame and where its raw array section starts."""
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    if len(view) < 4:
+        raise MessageError(f"malformed message: {len(view)} bytes is shorter than a frame header")
+    (size,) = struct.unpack_from("<I", view)
+    if size > len(view) - 4:
+        raise MessageError(
+            f"malformed message: header of {size} bytes announced, {len(view) - 4} available"
+        )
+    try:
+        header = msgpack.unpackb(
+            view[4 : 4 + size], raw=False, strict_map_key=True, ext_hook=_refuse_ext, use_list=True
+        )
+    except MessageError:
+        raise
+    except Exception as exc:  # msgpack raises many types on garbage; all mean "not a message"
+        raise MessageError(f"malformed message bytes: {type(exc).__name__}: {exc}") from None
+    return header, 4 + size
 
 
 T = TypeVar("T")
@@ -321,6 +421,8 @@ def decode(
 ) -> T:
     """Decode and validate bytes produced by :func:`encode`.
 
+    Arrays in the result are read-only views of ``data``.
+
     :param expected: the message type(s) the caller accepts; anything else is a MessageError.
     :param max_bytes: refuse larger payloads before parsing them.
     """
@@ -328,14 +430,7 @@ def decode(
         raise MessageError(f"a message must be bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise MessageError(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    try:
-        envelope = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, ext_hook=_refuse_ext, use_list=True
-        )
-    except MessageError:
-        raise
-    except Exception as exc:  # msgpack raises many types on garbage; all mean "not a message"
-        raise MessageError(f"malformed message bytes: {type(exc).__name__}: {exc}") from None
+    envelope, raw_start = read_header(data)
     if not (isinstance(envelope, dict) and set(envelope) == {"fedplug", "type", "body"}):
         raise MessageError("malformed message: not a fedplug envelope")
     if type(envelope["fedplug"]) is not int or envelope["fedplug"] != VERSION:
@@ -353,4 +448,8 @@ def decode(
             [t.__name__ for t in expected] if isinstance(expected, tuple) else [expected.__name__]
         )
         raise MessageError(f"expected a {' or '.join(names)}, got a {cls.__name__}")
-    return _decode_fields(cls, envelope["body"], cls.__name__)
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    decoder = _Decoder(view.cast("B") if view.format != "B" else view, raw_start)
+    message = _decode_fields(decoder, cls, envelope["body"], cls.__name__)
+    decoder.check_tiling()
+    return message
