@@ -1,5 +1,7 @@
 """The local transport's worker-process mode: same results as threads, and vanishing workers."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,33 @@ def test_skip_policy_continues_without_the_dead_worker_nodes():
     assert sorted(row["failures"]) == sorted(victim.nodes)
     assert sorted(row["nodes"]) == sorted(set(exp.nodes) - set(victim.nodes))
     exp.transport.close()
+
+
+def test_large_messages_to_several_nodes_per_worker_do_not_deadlock():
+    # 4 nodes on 2 workers, ~1 MB per message: far beyond a pipe's buffer in both directions
+    rng = np.random.default_rng(3)
+    nodes = []
+    for i in range(4):
+        x = rng.normal(size=(20, 60_000)).astype(np.float32)
+        nodes.append(Node(f"big-{i}", Dataset(x, (x[:, 0] > 0).astype(np.int64), tags=["big"])))
+    CREATED.extend(nodes)
+    exp = Experiment(
+        nodes=nodes,
+        tags=["big"],
+        training_plan="numpy-logreg",
+        model_args={"n_features": 60_000},
+        training_args={"batch_size": 20},
+        round_limit=2,
+        processes=True,
+        workers=2,
+        validate=False,
+    )
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (exp.run(), done.set()), daemon=True)
+    worker.start()
+    finished = done.wait(timeout=90)
+    if not finished:  # unblock the test process before failing
+        for proc in exp.transport._procs:
+            proc.process.kill()
+    assert finished, "the process transport deadlocked on large messages"
+    assert len(exp.history) == 2

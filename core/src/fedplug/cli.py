@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--nodes", type=_positive, default=3, help="hospitals (default: 3)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument(
-        "--workers", type=_positive, default=None, help="nodes trained at once (default: CPU cores)"
+        "--workers",
+        type=_positive,
+        default=None,
+        help="nodes trained at once on threads (default: 1, nodes take turns)",
     )
     demo.add_argument(
         "--out",

@@ -69,8 +69,9 @@ class Experiment:
         (needs ``test_ratio > 0``); an int ``k`` validates every ``k`` rounds and after the last.
     :param on_node_failure: ``"fail"`` stops at the first failing node, ``"skip"`` continues with
         the others as long as ``min_nodes`` replied.
-    :param workers: nodes trained at once by the local transport (default: CPU cores).
-    :param processes: run local nodes in worker processes instead of threads.
+    :param workers: local nodes trained at once (threads, or processes with ``processes``); by
+        default nodes take turns in this process, the fastest on small machines.
+    :param processes: run local nodes in worker processes (default: one per CPU core).
     :param progress: show a progress bar per round (default: when stderr is a terminal).
     """
 

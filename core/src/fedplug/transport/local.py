@@ -1,15 +1,15 @@
-"""The local transport: nodes live on this machine and train in parallel.
+"""The local transport: nodes live on this machine.
 
-Two ways to run them:
+Three ways to run them, measured by ``bench/workloads.py`` on the reference workloads:
 
-- threads (default): nodes live in this process. Start-up costs nothing (no interpreter, no second
-  import of torch), requests and replies are handed over without copies between address spaces,
-  and PyTorch and NumPy release the GIL in their kernels.
-- processes (``processes=True``): nodes are spread over worker processes (spawned, each with its
-  share of the CPU cores), which sidesteps the GIL for Python-heavy plans at the price of a
-  start-up per worker. Requests and replies cross as message bytes.
-
-``bench/workloads.py`` measures both against sequential execution.
+- in this process, one node after the other (the default, ``workers=1``): no start-up cost, no
+  copies between address spaces, and on small machines the fastest: PyTorch already spreads each
+  operation over the cores;
+- in this process, on ``workers`` threads: pays off only when plans spend their time in kernels
+  that release the GIL on more cores than one operation uses; small models lose to GIL hand-offs;
+- in worker processes (``processes=True``): true parallelism for Python-heavy plans on many cores,
+  at the price of a start-up per worker (an interpreter and the framework's import). Each worker
+  gets its share of the cores; requests and replies cross as message bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class LocalTransport:
     for bit, whatever the number of workers.
 
     :param nodes: the federation; names must be unique.
-    :param workers: nodes served at once (default: the number of CPU cores, at most one per node).
+    :param workers: nodes served at once: threads of this process (default 1: nodes take turns)
+        or, with ``processes``, worker processes (default: the number of CPU cores).
     :param processes: serve nodes from worker processes instead of threads of this process.
     """
 
@@ -53,7 +54,8 @@ class LocalTransport:
             isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
         ):
             raise ConfigError(f"workers must be a positive int, got {workers!r}")
-        self.workers = min(workers or os.cpu_count() or 1, max(len(self.nodes), 1))
+        default = (os.cpu_count() or 1) if processes else 1
+        self.workers = min(workers or default, max(len(self.nodes), 1))
         self.processes = processes
         self._pool: ThreadPoolExecutor | None = None
         self._procs: list[_WorkerProcess] = []
@@ -96,46 +98,68 @@ class LocalTransport:
         if not self._procs:
             self._start_processes()
         owner = {name: proc for proc in self._procs for name in proc.nodes}
-        waiting: dict[Connection, list[str]] = {}
-        arrived: dict[str, bytes | BaseException] = {}
+        # One request in flight per worker: a worker then always reads what the parent writes,
+        # so two large messages can never block each other in the pipe.
+        queues: dict[Connection, list[str]] = {}
         for name in nodes:
-            proc = owner[name]
-            try:
-                proc.conn.send_bytes(_frame(name, payload))
-                waiting.setdefault(proc.conn, []).append(name)
-            except (OSError, ValueError) as exc:
-                arrived[name] = NodeError(name, f"worker process died: {exc!r}")
+            queues.setdefault(owner[name].conn, []).append(name)
+        arrived: dict[str, bytes | BaseException] = {}
+        in_flight: dict[Connection, str] = {}
+
+        def send_next(conn: Connection) -> None:
+            while queues[conn]:
+                name = queues[conn].pop(0)
+                try:
+                    conn.send_bytes(_frame(name, payload))
+                except (OSError, ValueError) as exc:
+                    arrived[name] = NodeError(name, f"worker process died: {exc!r}")
+                    continue
+                in_flight[conn] = name
+                return
+
+        for conn in queues:
+            send_next(conn)
         for name in nodes:
             while name not in arrived:
-                for conn in wait_connections(list(waiting)):
+                for conn in wait_connections(list(in_flight)):
+                    expected = in_flight.pop(conn)
                     try:
                         done, reply = _unframe(conn.recv_bytes())
                     except (EOFError, OSError) as exc:
-                        for lost in waiting.pop(conn):
+                        for lost in [expected, *queues[conn]]:
                             arrived[lost] = NodeError(lost, f"worker process died: {exc!r}")
+                        queues[conn].clear()
                         continue
-                    waiting[conn].remove(done)
-                    if not waiting[conn]:
-                        del waiting[conn]
                     arrived[done] = reply
+                    send_next(conn)
             yield name, arrived.pop(name)
 
     def _start_processes(self) -> None:
         ctx = mp.get_context("spawn")
         names = list(self.nodes)
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
-        for index in range(self.workers):
-            share = [self.nodes[name] for name in names[index :: self.workers]]
-            parent, child = ctx.Pipe()
-            process = ctx.Process(
-                target=_worker_main,
-                args=(child, share, threads),
-                daemon=True,
-                name=f"fedplug-node-worker-{index}",
-            )
-            process.start()
-            child.close()
-            self._procs.append(_WorkerProcess(process, parent, [n.name for n in share]))
+        threads = str(max(1, (os.cpu_count() or 1) // self.workers))
+        # Each worker gets its share of the cores before anything is imported in it: numerical
+        # libraries size their thread pools at import (the user's ``__main__`` may import torch).
+        saved = {var: os.environ.get(var) for var in _THREAD_VARS}
+        for var in _THREAD_VARS:
+            os.environ.setdefault(var, threads)
+        try:
+            for index in range(self.workers):
+                share = [self.nodes[name] for name in names[index :: self.workers]]
+                parent, child = ctx.Pipe()
+                process = ctx.Process(
+                    target=_worker_main,
+                    args=(child, share),
+                    daemon=True,
+                    name=f"fedplug-node-worker-{index}",
+                )
+                process.start()
+                child.close()
+                self._procs.append(_WorkerProcess(process, parent, [n.name for n in share]))
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -149,6 +173,9 @@ class LocalTransport:
                 proc.process.kill()
             proc.conn.close()
         self._procs = []
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class _WorkerProcess:
@@ -166,9 +193,8 @@ def _unframe(data: bytes) -> tuple[str, bytes]:
     return data[4 : 4 + size].decode(), data[4 + size :]
 
 
-def _worker_main(conn: Connection, nodes: list[Node], threads: int) -> None:
+def _worker_main(conn: Connection, nodes: list[Node]) -> None:
     """A worker process: serve requests for its nodes until an empty frame or a closed pipe."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     by_name = {node.name: node for node in nodes}
     while True:
         try:
