@@ -13,10 +13,12 @@ Environment variables:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import inspect
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -261,12 +263,10 @@ class FedplugPluginManager(pluggy.PluginManager):
 
     def load_entry_points(self, *, disabled: set[str], strict: bool) -> None:
         """Load every ``fedplug`` entry point; isolate (or, if ``strict``, raise on) failures."""
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = getattr(ep, "dist", None)
-            self._distributions[ep.name] = (
-                dist.metadata["Name"] if dist else None,
-                dist.version if dist else None,
-            )
+        for ep, dist_name, version in _installed_entry_points(
+            importlib.metadata.entry_points, tuple(sys.path)
+        ):
+            self._distributions[ep.name] = (dist_name, version)
             if ep.name in disabled:
                 self.disabled.add(ep.name)
                 continue
@@ -287,6 +287,22 @@ class FedplugPluginManager(pluggy.PluginManager):
                     RuntimeWarning,
                     stacklevel=3,
                 )
+
+
+@functools.lru_cache(maxsize=8)
+def _installed_entry_points(
+    finder: Callable[..., Any], search_path: tuple[str, ...]
+) -> tuple[tuple[importlib.metadata.EntryPoint, str | None, str | None], ...]:
+    """The ``fedplug`` entry points with their distribution's name and version.
+
+    Reading installed metadata costs milliseconds and every ``Node()`` builds a plugin manager,
+    so the scan is cached per metadata finder and ``sys.path`` (what it depends on).
+    """
+    found = []
+    for ep in finder(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        found.append((ep, dist.metadata["Name"] if dist else None, dist.version if dist else None))
+    return tuple(found)
 
 
 def _env_set(name: str) -> set[str]:

@@ -103,11 +103,13 @@ class TorchTrainingPlan(TrainingPlan):
 
     def set_parameters(self, params: Params) -> None:
         state = self._model().state_dict()
-        with torch.no_grad(), warnings.catch_warnings():
-            # decoded arrays are read-only views of the message; copy_ only reads them
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        with torch.no_grad():
             for name, value in params.items():
-                state[name].copy_(torch.from_numpy(np.asarray(value)))
+                tensor = state[name]
+                if tensor.device.type == "cpu":
+                    np.copyto(tensor.numpy(), value)
+                else:
+                    tensor.copy_(torch.as_tensor(np.array(value)))
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, data: Any, target: Any) -> torch.Tensor:
@@ -185,7 +187,9 @@ class TorchTrainingPlan(TrainingPlan):
         steps = args.num_steps(n)
         done = 0
         while done < steps:
-            order = torch.randperm(n, generator=generator).to(self.device)
+            order = torch.randperm(n, generator=generator)
+            if self.device.type != "cpu":
+                order = order.to(self.device)
             for start in range(0, n, args.batch_size):
                 index = order[start : start + args.batch_size]
                 yield x[index], y[index]
@@ -227,6 +231,7 @@ class TorchTrainingPlan(TrainingPlan):
                 optimizer.step()
             total += loss.detach()
             steps += 1
+        model.zero_grad(set_to_none=True)  # gradients are not kept between rounds
         if steps == 0:
             raise PlanError("training ran zero steps: the training data is empty")
         return TrainResult(n_samples=n_samples, n_steps=steps, loss=float(total) / steps)
