@@ -1,10 +1,14 @@
 """The "no framework" floor: one workload of BENCHMARKS.md as a plain torch loop, in one process.
 
 Run by ``bench/workloads.py`` in a fresh interpreter (``python bench/wl_floor.py W1``); prints one
-JSON line. Written the way a user without a framework would: one model that every client loads
-the global weights into, its own ``torch.optim.SGD``, batches by slicing the client's tensors with
-a seeded ``torch.randperm`` (the seeds fedplug derives per round, so both systems make the same
-updates), the clients' state dicts collected and averaged weighted by sample counts.
+JSON line. Written the way a user without a framework would: a loop over clients; one model that
+each client loads the global weights into, with its ``torch.optim.SGD``; batches by slicing the
+client's tensors with a seeded ``torch.randperm`` (the seeds fedplug derives per round, so both
+systems make the same updates and end with the same model); the clients' state dicts collected,
+then averaged weighted by sample counts; W1's accuracy evaluated once, after the last round.
+
+Tensor slicing, not a ``DataLoader`` over a ``TensorDataset``: a DataLoader collates batches
+sample by sample, which would make the floor slower and the ratios to it kinder to fedplug.
 """
 
 import time

@@ -264,13 +264,9 @@ class _Decoder:
             arr = np.frombuffer(self.data[start : start + nbytes], dtype=dtype).reshape(shape)
         except (ValueError, OverflowError) as exc:
             raise MessageError(f"{path}: invalid shape {tuple(shape)}: {exc}") from None
-        # A float64 sum is NaN/inf iff some value is (a float32 array cannot overflow it); only
-        # a float64 array of huge finite values needs the exact, slower scan.
-        if (
-            arr.dtype.kind == "f"
-            and not np.isfinite(arr.sum(dtype=np.float64))
-            and not np.isfinite(arr).all()
-        ):
+        # One summing pass: a finite sum proves every value finite; only a NaN, an infinity or
+        # an overflowing sum of huge values needs the exact, slower scan.
+        if arr.dtype.kind == "f" and not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
             bad = "NaN" if np.isnan(arr).any() else "infinite values"
             raise MessageError(f"{path}: contains {bad}; refusing non-finite parameters")
         return arr

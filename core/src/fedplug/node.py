@@ -176,7 +176,7 @@ class Node:
         train, test = dataset.split(args.test_ratio, args.seed)
         if len(train) == 0:
             raise NodeError(self.name, f"dataset {dataset.name!r} has no training samples")
-        session = _Session(plan, params_spec(plan.get_parameters()), args, train, test)
+        session = _Session(plan, params_spec(plan.parameter_views()), args, train, test)
         self._sessions[request.experiment_id] = session
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
@@ -216,7 +216,7 @@ class Node:
             experiment_id=request.experiment_id,
             round_index=request.round_index,
             node=self.name,
-            params=session.plan.get_parameters(),
+            params=session.plan.parameter_views(),  # encoded by handle() before any change
             n_samples=result.n_samples,
             n_steps=result.n_steps,
             train_loss=float(result.loss),

@@ -182,6 +182,12 @@ class TrainingPlan:
         """The model's trainable state as named numpy arrays (copies the caller may keep)."""
         raise NotImplementedError
 
+    def parameter_views(self) -> Params:
+        """The parameters as arrays that may share memory with the model, valid until it next
+        changes. A node encodes its reply from them at once, saving a copy of the model; plans
+        whose framework allows it override this (default: :meth:`get_parameters`)."""
+        return self.get_parameters()
+
     def set_parameters(self, params: Params) -> None:
         """Load named arrays as produced by :meth:`get_parameters` (same names, shapes, dtypes)."""
         raise NotImplementedError

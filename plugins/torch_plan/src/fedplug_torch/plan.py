@@ -101,6 +101,12 @@ class TorchTrainingPlan(TrainingPlan):
             for name, tensor in self._model().state_dict().items()
         }
 
+    def parameter_views(self) -> Params:
+        state = self._model().state_dict()
+        if all(tensor.device.type == "cpu" for tensor in state.values()):
+            return {name: tensor.numpy() for name, tensor in state.items()}
+        return self.get_parameters()
+
     def set_parameters(self, params: Params) -> None:
         state = self._model().state_dict()
         with torch.no_grad():
