@@ -24,8 +24,6 @@ class Dataset:
     y: Any
     tags: list[str] = field(default_factory=list)
     name: str = ""
-    #: Anything a plugin needs to keep with the data (e.g. a FLamby center index).
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if hasattr(self.x, "shape") and hasattr(self.y, "shape") and len(self.x) != len(self.y):
@@ -43,7 +41,7 @@ class Dataset:
         return not tags or set(tags) <= set(self.tags)
 
     def subset(self, index: np.ndarray, suffix: str) -> Dataset:
-        return Dataset(self.x[index], self.y[index], self.tags, f"{self.name}{suffix}", self.extra)
+        return Dataset(self.x[index], self.y[index], self.tags, f"{self.name}{suffix}")
 
     def split(self, test_ratio: float, seed: int | None) -> tuple[Dataset, Dataset | None]:
         """A reproducible (train, test) split; ``test`` is None when ``test_ratio`` is 0."""

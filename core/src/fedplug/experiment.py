@@ -14,7 +14,7 @@ import json
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class ExperimentConfig:
     nodes: list[str]
     tags: list[str]
     round_limit: int | None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Experiment:
