@@ -17,6 +17,7 @@ from fedplug import (
     LogisticRegressionPlan,
     Node,
     NodeError,
+    PlanError,
     PluginError,
     load_params,
 )
@@ -629,3 +630,16 @@ def test_another_seed_gives_another_model(make_nodes):
     other = experiment(nodes, seed=4)
     other.run()
     assert not np.array_equal(first.global_params["weight"], other.global_params["weight"])
+
+
+class BrokenInitPlan(LogisticRegressionPlan):
+    def __init__(self, model_args=None):
+        super().__init__(model_args)
+        self.width = self.model_args["width"]  # a user bug: no such model argument
+
+
+def test_a_plan_that_fails_to_build_on_the_researcher_is_a_plan_error(make_nodes):
+    with pytest.raises(
+        PlanError, match=r"BrokenInitPlan.*KeyError: 'width' \(at .*test_experiment"
+    ):
+        experiment(make_nodes(), training_plan=BrokenInitPlan)

@@ -6,6 +6,19 @@ Messages say what was wrong, with which value, and what to do about it.
 from __future__ import annotations
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message (at file:line in function)``: an exception from user code (a plan), told
+    in one line with the innermost frame, instead of a traceback from deep inside."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = ""
+    if tb is not None:
+        code = tb.tb_frame.f_code
+        where = f" (at {code.co_filename}:{tb.tb_lineno} in {code.co_name})"
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
 class FedplugError(Exception):
     """Base class of every error fedplug raises on purpose."""
 

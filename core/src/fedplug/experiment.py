@@ -22,7 +22,15 @@ import numpy as np
 
 from fedplug import messages as msg
 from fedplug.aggregators import Aggregator
-from fedplug.errors import AggregationError, ConfigError, FedplugError, MessageError, NodeError
+from fedplug.errors import (
+    AggregationError,
+    ConfigError,
+    FedplugError,
+    MessageError,
+    NodeError,
+    PlanError,
+    describe,
+)
 from fedplug.node import Node, local_nodes
 from fedplug.optimizer import Optimizer
 from fedplug.plan import Params, TrainingArgs, TrainingPlan, params_spec
@@ -131,11 +139,18 @@ class Experiment:
         self.nodes = self._select_nodes()
 
         self.plan_class.init_seed(seed)
-        self._plan = self.plan_class(self.model_args)
+        try:
+            self._plan = self.plan_class(self.model_args)
+            initial = self._plan.get_parameters()
+        except FedplugError:
+            raise
+        except Exception as exc:
+            raise PlanError(
+                f"building {self.plan_class.__qualname__}(model_args={self.model_args!r}) "
+                f"failed: {describe(exc)}"
+            ) from exc
         self._plan.plugin_manager = self.pm
-        self._global: Params = {
-            k: np.array(v, copy=True) for k, v in self._plan.get_parameters().items()
-        }
+        self._global: Params = {k: np.array(v, copy=True) for k, v in initial.items()}
         self._plan_dirty = False
         self.plan_ref = make_plan_ref(
             self.plan_class, self._plan.dependencies, self.pm.training_plans

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ import numpy as np
 
 from fedplug import messages as msg
 from fedplug.datasets import Dataset
-from fedplug.errors import ConfigError, FedplugError, NodeError, PlanError
+from fedplug.errors import ConfigError, FedplugError, NodeError, PlanError, describe
 from fedplug.plan import TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import load_plan_class
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
@@ -248,12 +247,7 @@ def _with_round_seed(args: TrainingArgs, round_index: int) -> TrainingArgs:
 
 
 def _describe(exc: BaseException) -> str:
-    """``Type: message (at file:line in function)`` for the innermost frame of a plan error."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = (
-        f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
-    )
     hint = ""
     if isinstance(exc, NameError):
         hint = "; a plan shipped as source must declare its imports with add_dependency([...])"
-    return f"{type(exc).__name__}: {exc}{where}{hint}"
+    return describe(exc) + hint
