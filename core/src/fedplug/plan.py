@@ -204,15 +204,7 @@ class TrainingPlan:
         """Metrics of the current model on ``dataset`` (e.g. ``accuracy``, ``loss``)."""
         raise NotImplementedError
 
-    # -- node-side optimizer state (persists across rounds on a node) ---------------------------
-    def optimizer_state(self) -> dict[str, Any] | None:
-        """The node optimizer's state, for checkpoints; None when there is nothing to keep."""
-        from fedplug.optimizer import Optimizer
-
-        if isinstance(self.optimizer, Optimizer):
-            return self.optimizer.get_state()
-        return None
-
+    # -- the optimizer (its state persists across rounds on a node) -----------------------------
     def node_optimizer(self) -> Any:
         """The optimizer this plan steps with (a ``fedplug.Optimizer`` or a native one)."""
         return self.optimizer
