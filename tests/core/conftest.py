@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -44,14 +44,13 @@ def fresh_pm() -> FedplugPluginManager:
 
 
 @pytest.fixture
-def make_nodes() -> Iterator[Callable[..., list[Node]]]:
-    """Build in-process nodes with unique names and tags; stop them when the test ends.
+def make_nodes() -> Callable[..., list[Node]]:
+    """Build in-process nodes with unique names and tags (stopped by the root conftest).
 
     ``make_nodes(sizes=(60, 80, 100))`` returns one node per size, each holding
     :func:`separable` data; ``tags`` defaults to one tag unique to the call, so that experiments
     that find nodes by tags never pick up another test's nodes.
     """
-    created: list[Node] = []
 
     def make(
         sizes: tuple[int, ...] = (60, 80, 100),
@@ -73,9 +72,6 @@ def make_nodes() -> Iterator[Callable[..., list[Node]]]:
             node_cls(f"node-{prefix}-{i}", dataset, **node_kwargs)
             for i, dataset in enumerate(datasets)
         ]
-        created.extend(nodes)
         return nodes
 
-    yield make
-    for node in created:
-        node.stop()
+    return make

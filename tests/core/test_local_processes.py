@@ -8,18 +8,6 @@ import pytest
 from fedplug import Dataset, Experiment, Node, NodeError
 
 
-@pytest.fixture(autouse=True)
-def stop_nodes():
-    """Nodes stay registered for tag-only experiments until stopped."""
-    yield
-    for node in CREATED:
-        node.stop()
-    CREATED.clear()
-
-
-CREATED: list[Node] = []
-
-
 def make_nodes(prefix: str, n_nodes: int = 4) -> list[Node]:
     rng = np.random.default_rng(7)
     nodes = []
@@ -27,7 +15,6 @@ def make_nodes(prefix: str, n_nodes: int = 4) -> list[Node]:
         x = rng.normal(size=(80, 6))
         y = (x[:, 0] - x[:, 2] > 0).astype(np.int64)
         nodes.append(Node(f"{prefix}-{i}", Dataset(x, y, tags=["proc"], name=f"d{i}")))
-    CREATED.extend(nodes)
     return nodes
 
 
@@ -89,7 +76,6 @@ def test_large_messages_to_several_nodes_per_worker_do_not_deadlock():
     for i in range(4):
         x = rng.normal(size=(20, 60_000)).astype(np.float32)
         nodes.append(Node(f"big-{i}", Dataset(x, (x[:, 0] > 0).astype(np.int64), tags=["big"])))
-    CREATED.extend(nodes)
     exp = Experiment(
         nodes=nodes,
         tags=["big"],

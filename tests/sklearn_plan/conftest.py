@@ -42,8 +42,7 @@ def tags() -> list[str]:
 @pytest.fixture
 def make_nodes():
     """``make_nodes(kind, n_nodes=3, n_samples=150)``: nodes holding one tagged dataset each,
-    stopped when the test ends (so that no later tag-only experiment finds them)."""
-    created: list[fedplug.Node] = []
+    stopped when the test ends (by the root conftest)."""
 
     def make(kind: str, n_nodes: int = 3, n_samples: int = 150, **node_kwargs):
         nodes = [
@@ -54,9 +53,6 @@ def make_nodes():
             )
             for i in range(n_nodes)
         ]
-        created.extend(nodes)
         return nodes
 
-    yield make
-    for node in created:
-        node.stop()
+    return make

@@ -45,8 +45,7 @@ def tags() -> list[str]:
 @pytest.fixture
 def make_nodes():
     """``make_nodes(n_nodes=3, n_samples=200)``: nodes holding one tagged numpy dataset each,
-    stopped when the test ends (so that no later tag-only experiment finds them)."""
-    created: list[fedplug.Node] = []
+    stopped when the test ends (by the root conftest)."""
 
     def make(n_nodes: int = 3, n_samples: int = 200, **node_kwargs) -> list[fedplug.Node]:
         nodes = [
@@ -57,9 +56,6 @@ def make_nodes():
             )
             for i in range(n_nodes)
         ]
-        created.extend(nodes)
         return nodes
 
-    yield make
-    for node in created:
-        node.stop()
+    return make
