@@ -33,7 +33,7 @@ class ModelAdapter(Protocol):
     """What ``fedplug_model_adapter`` returns: the view of a model that declearn steps."""
 
     def get_weights(self, trainable: bool = True) -> Any:
-        """The model's trainable weights as a declearn ``Vector`` (views, not copies)."""
+        """A copy of the model's trainable weights as a declearn ``Vector``."""
 
     def apply_updates(self, updates: Any) -> None:
         """Add a declearn ``Vector`` of updates to the weights, in place."""
@@ -52,7 +52,8 @@ class NumpyAdapter:
     def get_weights(self, trainable: bool = True) -> Any:
         from declearn.model.sklearn import NumpyVector
 
-        return NumpyVector(self.params)
+        # copies: regularizers such as FedProx keep the weights of the round's start as anchors
+        return NumpyVector({name: value.copy() for name, value in self.params.items()})
 
     def apply_updates(self, updates: Any) -> None:
         for name, update in updates.coefs.items():

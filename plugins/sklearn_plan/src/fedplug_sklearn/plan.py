@@ -164,7 +164,10 @@ class SklearnAdapter:
     def get_weights(self, trainable: bool = True) -> Any:
         from declearn.model.sklearn import NumpyVector
 
-        return NumpyVector({"coef": self.model.coef_, "intercept": self.model.intercept_})
+        # copies: regularizers such as FedProx keep the weights of the round's start as anchors
+        return NumpyVector(
+            {"coef": self.model.coef_.copy(), "intercept": self.model.intercept_.copy()}
+        )
 
     def apply_updates(self, updates: Any) -> None:
         self.model.coef_ += updates.coefs["coef"]

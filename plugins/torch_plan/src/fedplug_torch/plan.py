@@ -26,7 +26,8 @@ class TorchAdapter:
     def get_weights(self, trainable: bool = True) -> Any:
         from declearn.model.torch import TorchVector
 
-        return TorchVector({name: p.detach() for name, p in self.params.items()})
+        # copies: regularizers such as FedProx keep the weights of the round's start as anchors
+        return TorchVector({name: p.detach().clone() for name, p in self.params.items()})
 
     def apply_updates(self, updates: Any) -> None:
         with torch.no_grad():
