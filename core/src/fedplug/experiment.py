@@ -32,7 +32,7 @@ from fedplug.errors import (
     describe,
 )
 from fedplug.node import Node, local_nodes
-from fedplug.optimizer import Optimizer
+from fedplug.optimizer import Optimizer, pack_aux_vars
 from fedplug.plan import Params, TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import make_plan_ref
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
@@ -302,11 +302,13 @@ class Experiment:
         index = self.round_index
         self.pm.hook.fedplug_round_started(round_index=index, experiment=self)
         start = time.perf_counter()
-        replies, failures = self._train_round(index)
+        replies, failures, aux_sum = self._train_round(index)
         train_s = time.perf_counter() - start
         aggregated = self.aggregator.result()
         if self.agg_optimizer is not None:
             optimizer_state = self.agg_optimizer.get_state()
+            if aux_sum:
+                self.agg_optimizer.process_aux_var(aux_sum)
             self.agg_optimizer.start_round()
             new_global = self.agg_optimizer.step_global(self._global, aggregated)
         else:
@@ -343,6 +345,9 @@ class Experiment:
         return last or (index + 1) % self.validate_every == 0
 
     def _request(self, cls: type, index: int, params: Params) -> bytes:
+        extra = {}
+        if cls is msg.TrainRequest and self.agg_optimizer and self.agg_optimizer.aux_modules:
+            extra["aux_vars"] = pack_aux_vars(self.agg_optimizer.collect_aux_var())
         return msg.encode(
             cls(
                 experiment_id=self.id,
@@ -352,6 +357,7 @@ class Experiment:
                 training_args=self.training_args.to_dict(),
                 tags=self.tags,
                 params=params,
+                **extra,
             )
         )
 
@@ -396,9 +402,15 @@ class Experiment:
             )
         return replies, failures
 
-    def _train_round(self, index: int) -> tuple[dict[str, msg.TrainReply], dict[str, str]]:
+    def _train_round(
+        self, index: int
+    ) -> tuple[dict[str, msg.TrainReply], dict[str, str], dict[str, Any]]:
+        """Train on the nodes; fold parameters into the aggregator and sum auxiliary variables
+        per module as replies arrive."""
         self.aggregator.begin(self._global)
         spec = params_spec(self._global)
+        expected_aux = set(self.agg_optimizer.aux_modules) if self.agg_optimizer else set()
+        aux_sum: dict[str, Any] = {}
 
         def fold(node: str, reply: msg.TrainReply) -> None:
             if params_spec(reply.params) != spec:
@@ -406,13 +418,37 @@ class Experiment:
                     f"node {node!r} returned parameters {params_spec(reply.params)}, "
                     f"expected {spec}"
                 )
+            aux = self._received_aux_vars(node, reply.aux_vars, expected_aux)
             try:
                 self.aggregator.add(node, reply.params, reply.n_samples)
             except AggregationError as exc:
                 raise NodeError(node, str(exc)) from None
+            for key, value in aux.items():
+                aux_sum[key] = value if key not in aux_sum else aux_sum[key] + value
 
         payload = self._request(msg.TrainRequest, index, self._global)
-        return self._collect(payload, index, msg.TrainReply, fold)
+        replies, failures = self._collect(payload, index, msg.TrainReply, fold)
+        return replies, failures, aux_sum
+
+    def _received_aux_vars(
+        self, node: str, aux_vars: dict[str, msg.AuxVarData], expected: set[str]
+    ) -> dict[str, Any]:
+        if aux_vars and self.agg_optimizer is None:
+            raise NodeError(
+                node,
+                f"returned auxiliary variables for {sorted(aux_vars)}, but the experiment has no "
+                "agg_optimizer to process them; set agg_optimizer=Optimizer(lr=1.0, "
+                f"modules=[{', '.join(repr(m) for m in _partners(aux_vars))}])",
+            )
+        missing = sorted(expected - set(aux_vars))
+        if missing:
+            raise NodeError(
+                node,
+                f"returned no auxiliary variables for {missing}, which the researcher's "
+                f"optimizer modules {self.agg_optimizer.module_names} need; the plan's "
+                "fedplug.Optimizer must include the node-side partner module",
+            )
+        return self.agg_optimizer.unpack_aux_vars(aux_vars) if aux_vars else {}
 
     def _validation_round(
         self, index: int, params: Params
@@ -445,6 +481,16 @@ class Experiment:
             f"Experiment(plan={self.plan_class.__qualname__}, nodes={self.nodes}, "
             f"aggregator={self.aggregator.name!r}, round={self.round_index}/{self.round_limit})"
         )
+
+
+def _partners(aux_vars: dict[str, Any]) -> list[str]:
+    """Registered declearn modules that share an auxiliary-variable name with ``aux_vars``
+    and hold the aggregated side (they declare ``auxvar_cls``): what a researcher should use."""
+    return sorted(
+        name
+        for name, cls in Optimizer.available_modules().items()
+        if getattr(cls, "aux_name", None) in aux_vars and getattr(cls, "auxvar_cls", None)
+    )
 
 
 def load_params(path: str | Path) -> Params:

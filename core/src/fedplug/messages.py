@@ -68,8 +68,21 @@ class PlanRef:
 
 
 @dataclass
+class AuxVarData:
+    """One optimizer module's auxiliary variables (a declearn ``AuxVar``) as they travel: its
+    class name, its Vector-valued fields as arrays, its other fields as plain values."""
+
+    cls: str
+    vectors: dict[str, Arrays] = field(default_factory=dict)
+    values: dict[str, JSON] = field(default_factory=dict)
+
+
+@dataclass
 class TrainRequest:
-    """Researcher -> node: train the global parameters on the dataset that matches ``tags``."""
+    """Researcher -> node: train the global parameters on the dataset that matches ``tags``.
+
+    ``aux_vars`` come from the researcher's optimizer (e.g. Scaffold's global state), keyed by
+    the module's auxiliary-variable name."""
 
     experiment_id: str
     round_index: int
@@ -78,6 +91,7 @@ class TrainRequest:
     training_args: dict[str, JSON]
     tags: list[str]
     params: Arrays
+    aux_vars: dict[str, AuxVarData] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +106,7 @@ class TrainReply:
     n_steps: int
     train_loss: float
     duration_s: float
+    aux_vars: dict[str, AuxVarData] = field(default_factory=dict)
 
 
 @dataclass
@@ -177,6 +192,13 @@ class _Encoder:
                 f.name: self.value(getattr(value, f.name), _hints(hint)[f.name], f"{path}.{f.name}")
                 for f in fields(hint)
             }
+        origin = typing.get_origin(hint)
+        if origin is dict and isinstance(value, dict):
+            inner = typing.get_args(hint)[1]
+            return {key: self.value(item, inner, f"{path}.{key}") for key, item in value.items()}
+        if origin in (typing.Union, types.UnionType) and value is not None:
+            (inner,) = [opt for opt in typing.get_args(hint) if opt is not type(None)]
+            return self.value(value, inner, path)
         if isinstance(value, np.generic):
             return value.item()
         return value

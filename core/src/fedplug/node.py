@@ -21,6 +21,7 @@ import numpy as np
 from fedplug import messages as msg
 from fedplug.datasets import Dataset
 from fedplug.errors import ConfigError, FedplugError, NodeError, PlanError, describe
+from fedplug.optimizer import Optimizer, pack_aux_vars
 from fedplug.plan import TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import load_plan_class
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
@@ -205,12 +206,21 @@ class Node:
         args = session.args
         if args.seed is not None:
             args = _with_round_seed(args, request.round_index)
+        optimizer = self._receive_aux_vars(session.plan, request.aux_vars)
         result = session.plan.train(session.train, args)
         if not math.isfinite(result.loss):
             raise PlanError(
                 f"training diverged at round {request.round_index}: loss is {result.loss}; "
                 "lower the learning rate or check the data"
             )
+        aux_vars = {}
+        if optimizer is not None and optimizer.aux_modules:
+            if result.n_steps == 0:
+                raise PlanError(
+                    f"the plan ran zero optimizer steps, so modules {optimizer.module_names} have "
+                    "no auxiliary variables to send; give the node training data and steps"
+                )
+            aux_vars = pack_aux_vars(optimizer.collect_aux_var())
         return msg.TrainReply(
             experiment_id=request.experiment_id,
             round_index=request.round_index,
@@ -220,7 +230,36 @@ class Node:
             n_steps=result.n_steps,
             train_loss=float(result.loss),
             duration_s=time.perf_counter() - start,
+            aux_vars=aux_vars,
         )
+
+    def _receive_aux_vars(
+        self, plan: TrainingPlan, aux_vars: dict[str, msg.AuxVarData]
+    ) -> Optimizer | None:
+        """Hand the researcher's auxiliary variables to the plan's fedplug.Optimizer, if any."""
+        optimizer = plan.node_optimizer()
+        if not isinstance(optimizer, Optimizer):
+            if aux_vars:
+                raise NodeError(
+                    self.name,
+                    f"the researcher sent auxiliary variables for {sorted(aux_vars)}, but this "
+                    f"plan's optimizer is {type(optimizer).__name__}, which declearn modules "
+                    "cannot see; use a fedplug.Optimizer with the partner module "
+                    "(e.g. modules=['scaffold-client'])",
+                )
+            return None
+        missing = sorted(set(optimizer.aux_modules) - set(aux_vars))
+        if missing:
+            modules = [optimizer.aux_modules[key] for key in missing]
+            raise NodeError(
+                self.name,
+                f"the plan's optimizer modules {modules} need auxiliary variables {missing} "
+                "from the researcher's optimizer, and none were sent; give the experiment an "
+                "agg_optimizer with the partner module (e.g. 'scaffold-server')",
+            )
+        if aux_vars:
+            optimizer.process_aux_var(optimizer.unpack_aux_vars(aux_vars))
+        return optimizer
 
     def _evaluate(self, request: msg.EvaluateRequest) -> msg.EvaluateReply:
         start = time.perf_counter()

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from fedplug.errors import ConfigError
+from fedplug.errors import ConfigError, MessageError
+from fedplug.messages import AuxVarData
 
 if TYPE_CHECKING:
     from fedplug.plan import Params
@@ -65,6 +66,30 @@ class NumpyAdapter:
         if self.grads is None:
             raise ConfigError("this numpy model has no gradients yet; run a backward pass first")
         return NumpyVector(self.grads)
+
+
+def pack_aux_vars(aux_vars: dict[str, Any]) -> dict[str, AuxVarData]:
+    """The wire form of declearn ``AuxVar`` objects: Vector fields become numpy arrays."""
+    from declearn.model.api import Vector
+
+    packed = {}
+    for key, aux in aux_vars.items():
+        vectors, values = {}, {}
+        for name, value in aux.to_dict().items():
+            if isinstance(value, Vector):
+                vectors[name] = {coef: _to_numpy(array) for coef, array in value.coefs.items()}
+            elif isinstance(value, (set, tuple)):
+                values[name] = sorted(value)
+            else:
+                values[name] = value
+        packed[key] = AuxVarData(cls=type(aux).__name__, vectors=vectors, values=values)
+    return packed
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a framework tensor (torch), possibly on a GPU
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 def _registry(kind: str) -> dict[str, type]:
@@ -153,6 +178,12 @@ class Optimizer:
         from declearn.optimizer.modules import OptiModule
         from declearn.optimizer.regularizers import Regularizer
 
+        #: regularizers given by bare name, i.e. with their default settings
+        self.implicit_regularizers = [
+            spec
+            for spec in ([regularizers] if isinstance(regularizers, str) else regularizers)
+            if isinstance(spec, str)
+        ]
         self._optim = DeclearnOptimizer(
             lrate=_parse_rate("lr", lr),
             w_decay=_parse_rate("decay", decay),
@@ -264,6 +295,69 @@ class Optimizer:
         adapter = NumpyAdapter(params, grads)
         self._optim.apply_gradients(adapter, adapter.gradients())
         return params
+
+    # -- auxiliary variables (Scaffold and the like) ---------------------------------------------
+    @property
+    def aux_modules(self) -> dict[str, str]:
+        """Modules that exchange auxiliary variables with a partner on the other side of the
+        federation: auxiliary-variable name (e.g. ``"scaffold"``) -> module name."""
+        return {
+            module.aux_name: module.name
+            for module in self._optim.modules
+            if getattr(module, "aux_name", None)
+        }
+
+    def collect_aux_var(self) -> dict[str, Any]:
+        """declearn ``AuxVar`` objects to send to the other side, keyed by auxiliary name."""
+        return self._optim.collect_aux_var()
+
+    def process_aux_var(self, aux_vars: dict[str, Any]) -> None:
+        """Feed (summed) ``AuxVar`` objects received from the other side to their modules."""
+        unknown = sorted(set(aux_vars) - set(self.aux_modules))
+        if unknown:
+            raise ConfigError(
+                f"received auxiliary variables for {unknown}, but this optimizer's modules "
+                f"{self.module_names} exchange none under that name; add the partner module"
+            )
+        try:
+            self._optim.process_aux_var(aux_vars)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"auxiliary variables could not be processed: {exc}") from exc
+
+    def unpack_aux_vars(self, data: dict[str, AuxVarData]) -> dict[str, Any]:
+        """Rebuild declearn ``AuxVar`` objects from their wire form, for this optimizer's modules.
+
+        Only ``AuxVar`` classes registered with declearn are built, and only for auxiliary
+        names this optimizer's modules use; vectors arrive as ``NumpyVector`` (declearn's torch
+        vectors operate with them)."""
+        from declearn.model.sklearn import NumpyVector
+        from declearn.utils import access_types_mapping
+
+        allowed = access_types_mapping("AuxVar")
+        out = {}
+        for key, item in data.items():
+            if key not in self.aux_modules:
+                raise MessageError(
+                    f"auxiliary variables {key!r} were received, but this optimizer's modules "
+                    f"{self.module_names} exchange none under that name"
+                )
+            cls = allowed.get(item.cls)
+            if cls is None:
+                raise MessageError(
+                    f"auxiliary variables {key!r} have type {item.cls!r}, which is not a "
+                    f"registered declearn AuxVar ({', '.join(sorted(allowed))})"
+                )
+            # writable copies: modules may update their state in place
+            vectors = {
+                name: NumpyVector({coef: np.array(arr) for coef, arr in vector.items()})
+                for name, vector in item.vectors.items()
+            }
+            fields = {**item.values, **vectors}
+            try:
+                out[key] = cls.from_dict(fields)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise MessageError(f"auxiliary variables {key!r} are malformed: {exc}") from exc
+        return out
 
     # -- state ----------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
