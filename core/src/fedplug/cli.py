@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="torch",
         help="training plan (default: torch)",
     )
+    demo.add_argument(
+        "--algorithm",
+        choices=["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"],
+        default="fedavg",
+        help="federated algorithm (default: fedavg); see docs/optimization.md",
+    )
     demo.add_argument("--rounds", type=_positive, default=20, help="rounds (default: 20)")
     demo.add_argument("--nodes", type=_positive, default=3, help="hospitals (default: 3)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -76,6 +82,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out=args.out,
         as_json=args.json,
         workers=args.workers,
+        algorithm=args.algorithm,
     )
     return 0
 

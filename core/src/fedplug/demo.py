@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from fedplug.datasets import Dataset
 from fedplug.errors import ConfigError
 from fedplug.experiment import Experiment
 from fedplug.node import Node
+from fedplug.optimizer import Optimizer
 from fedplug.plugins import get_plugin_manager
 from fedplug.report import format_table, plot_history, results_rows
 
@@ -46,6 +48,38 @@ PLANS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
             "eta0": 0.05,
         },
         {"batch_size": 16, "epochs": 1},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """How the demo runs one federated algorithm: the node-side optimizer (None: the plan's
+    default) and the researcher-side one (None: apply the aggregate)."""
+
+    node: dict[str, Any] | None
+    researcher: dict[str, Any] | None
+    what: str
+
+
+_NODE_SGD = {"lr": 0.05}
+ALGORITHMS: dict[str, Algorithm] = {
+    "fedavg": Algorithm(None, None, "sample-weighted averaging of the nodes' models"),
+    "fedavgm": Algorithm(
+        None, {"lr": 1.0, "modules": [["momentum", {"beta": 0.9}]]}, "server momentum"
+    ),
+    "fedprox": Algorithm(
+        {**_NODE_SGD, "regularizers": [["fedprox", {"alpha": 0.1}]]},
+        None,
+        "a proximal term keeps local training near the global model",
+    ),
+    "fedadam": Algorithm(None, {"lr": 0.01, "modules": ["adam"]}, "Adam on the server"),
+    "fedyogi": Algorithm(None, {"lr": 0.01, "modules": ["yogi"]}, "Yogi on the server"),
+    "fedadagrad": Algorithm(None, {"lr": 0.05, "modules": ["adagrad"]}, "AdaGrad on the server"),
+    "scaffold": Algorithm(
+        {**_NODE_SGD, "modules": ["scaffold-client"]},
+        {"lr": 1.0, "modules": ["scaffold-server"]},
+        "control variates correct client drift",
     ),
 }
 
@@ -118,13 +152,19 @@ def run_demo(
     as_json: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    algorithm: str = "fedavg",
 ) -> dict[str, Any]:
     """Run the demo experiment; print the results table (or one JSON line); write results.json
     and learning_curve.png under ``out``. Returns the JSON summary."""
     if plan not in PLANS:
         raise ConfigError(f"--plan must be one of {sorted(PLANS)}, got {plan!r}")
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"--algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
     start = time.perf_counter()
     plan_name, dist, model_args, training_args = PLANS[plan]
+    recipe = ALGORITHMS[algorithm]
+    if recipe.node is not None:
+        model_args = {**model_args, "optimizer": {"type": "fedplug", **recipe.node}}
     pm = get_plugin_manager()
     if plan_name not in pm.training_plans:
         raise ConfigError(f"the {plan} demo needs the plan {plan_name!r}: pip install {dist}")
@@ -139,6 +179,7 @@ def run_demo(
         progress=progress and not as_json,
         plugin_manager=pm,
         workers=workers,
+        agg_optimizer=Optimizer.from_dict(recipe.researcher) if recipe.researcher else None,
     )
     history = exp.run()
     seconds = time.perf_counter() - start
@@ -146,6 +187,7 @@ def run_demo(
     summary = {
         "rounds": len(history),
         "plan": plan_name,
+        "algorithm": algorithm,
         "nodes": nodes,
         "global_accuracy": history[-1]["validation_global"].get("accuracy"),
         "per_node": {row[0]: row[3] for row in rows[:-1]},
@@ -161,7 +203,7 @@ def run_demo(
         history,
         out / "learning_curve.png",
         "accuracy",
-        f"fedplug demo: {plan_name}, {nodes} hospitals",
+        f"fedplug demo: {plan_name}, {algorithm}, {nodes} hospitals",
     )
     if as_json:
         print(json.dumps(summary))
