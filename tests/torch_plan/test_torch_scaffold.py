@@ -29,3 +29,20 @@ def test_scaffold_runs_with_a_torch_plan_and_keeps_client_state():
     client = nodes[0]._sessions[exp.id].plan.optimizer.declearn.modules[0]
     assert type(client.state).__name__ == "TorchVector"  # built from the model's gradients
     assert len(exp.agg_optimizer.declearn.modules[0].clients) == 3
+
+
+def test_scaffold_with_a_native_torch_optimizer_is_refused_before_any_round():
+    import pytest
+
+    from fedplug import ConfigError
+
+    x = np.zeros((10, 6), dtype=np.float32)
+    node = Node("native", Dataset(x, np.zeros(10, dtype=np.int64), tags=["native"]))
+    with pytest.raises(ConfigError, match=r"torch\.optim\.sgd\.SGD, which declearn modules"):
+        Experiment(
+            nodes=[node],
+            training_plan="torch-mlp",
+            model_args={"layers": [6, 2], "optimizer": {"type": "sgd", "lr": 0.1}},
+            agg_optimizer=Optimizer(lr=1.0, modules=["scaffold-server"]),
+        )
+    assert not node._sessions
