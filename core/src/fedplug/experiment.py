@@ -32,7 +32,7 @@ from fedplug.errors import (
     describe,
 )
 from fedplug.node import Node, local_nodes
-from fedplug.optimizer import Optimizer, pack_aux_vars
+from fedplug.optimizer import Optimizer, pack_aux_vars, pack_state, unpack_state
 from fedplug.plan import Params, TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import make_plan_ref
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
@@ -273,6 +273,60 @@ class Experiment:
             )
         self._global = params
         self._plan_dirty = True
+
+    def save_state(self, path: str | Path) -> Path:
+        """Write what the researcher needs to resume: the global model, the researcher-side
+        optimizer's state (moments, Scaffold's global state, schedulers), the round index and
+        the history. One ``.npz`` file, no pickle; written to a temporary file, then renamed.
+        Node-side optimizer states live on the nodes."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        optimizer = self.agg_optimizer.get_state() if self.agg_optimizer else None
+        meta = {
+            "fedplug_state": 1,
+            "plan": self.plan_class.__qualname__,
+            "round_index": self.round_index,
+            "history": self.history,
+            "agg_optimizer": pack_state(optimizer, arrays, "opt"),
+        }
+        arrays.update({f"param:{name}": value for name, value in self._global.items()})
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as handle:
+            np.savez(handle, __state__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        tmp.replace(path)
+        return path
+
+    def load_state(self, path: str | Path) -> None:
+        """Resume from :meth:`save_state`: this experiment must be configured like the saved
+        one (same plan and model, same researcher-side optimizer modules)."""
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ConfigError(f"cannot read experiment state {path}: {exc}") from exc
+        if not isinstance(data, np.lib.npyio.NpzFile) or "__state__" not in data.files:
+            raise ConfigError(f"{path} is not a fedplug experiment state (see save_state)")
+        with data:
+            arrays = {key: data[key] for key in data.files}
+        meta = json.loads(arrays.pop("__state__").tobytes())
+        params = {k[len("param:") :]: v for k, v in arrays.items() if k.startswith("param:")}
+        if meta["plan"] != self.plan_class.__qualname__ or params_spec(params) != params_spec(
+            self._global
+        ):
+            raise ConfigError(
+                f"{path} holds a {meta['plan']} model {params_spec(params)}; this experiment "
+                f"trains {self.plan_class.__qualname__} {params_spec(self._global)}"
+            )
+        if (meta["agg_optimizer"] is None) != (self.agg_optimizer is None):
+            raise ConfigError(
+                f"{path} was saved {'without' if meta['agg_optimizer'] is None else 'with'} an "
+                "agg_optimizer; configure this experiment the same way to resume it"
+            )
+        if self.agg_optimizer is not None:
+            self.agg_optimizer.set_state(unpack_state(meta["agg_optimizer"], arrays))
+        self._global = params
+        self._plan_dirty = True
+        self.round_index = meta["round_index"]
+        self.history = meta["history"]
 
     # -- rounds ---------------------------------------------------------------------------------
     def run(self, rounds: int | None = None) -> list[dict[str, Any]]:

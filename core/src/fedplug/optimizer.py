@@ -86,6 +86,46 @@ def pack_aux_vars(aux_vars: dict[str, Any]) -> dict[str, AuxVarData]:
     return packed
 
 
+def pack_state(obj: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
+    """A JSON-able copy of a declearn state tree whose Vectors are moved into ``arrays``
+    (as ``{"__vector__": {coef: key}}``), so that a state saves without pickle."""
+    from declearn.model.api import Vector
+
+    if isinstance(obj, Vector):
+        keys = {}
+        for coef, value in obj.coefs.items():
+            keys[coef] = f"{path}/{coef}"
+            arrays[keys[coef]] = _to_numpy(value)
+        return {"__vector__": keys}
+    if isinstance(obj, dict):
+        return {str(k): pack_state(v, arrays, f"{path}/{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [pack_state(v, arrays, f"{path}/{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        arrays[path] = obj
+        return {"__array__": path}
+    return obj
+
+
+def unpack_state(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """The inverse of :func:`pack_state` (Vectors come back as ``NumpyVector``)."""
+    from declearn.model.sklearn import NumpyVector
+
+    if isinstance(obj, dict):
+        if set(obj) == {"__vector__"}:
+            return NumpyVector(
+                {coef: np.array(arrays[key]) for coef, key in obj["__vector__"].items()}
+            )
+        if set(obj) == {"__array__"}:
+            return np.array(arrays[obj["__array__"]])
+        return {k: unpack_state(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unpack_state(v, arrays) for v in obj]
+    return obj
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a framework tensor (torch), possibly on a GPU
         value = value.detach().cpu().numpy()
