@@ -92,3 +92,19 @@ def test_a_chain_of_aux_var_and_adaptive_modules_trains_federated():
     assert optimizer.module_names == ["scaffold-client", "adam"]
     adam_state = optimizer.get_state()["modules"][1][1]
     assert adam_state["steps"] == 4 * 9  # Adam's step count kept across the 4 rounds
+
+
+def test_training_args_lr_overrides_a_fedplug_optimizer_and_keeps_module_settings():
+    optimizer = Optimizer(lr=0.1, modules=[("momentum", {"beta": 0.5})])
+    plan = LogisticRegressionPlan({"n_features": 6})
+    plan.optimizer = optimizer
+    plan.train(separable(0), TrainingArgs.from_dict({"batch_size": 10, "lr": 0.02, "seed": 0}))
+    assert optimizer.lr == 0.02
+    assert optimizer.declearn.modules[0].beta == 0.5
+
+
+def test_optimizer_specs_accept_a_single_name_and_fedprox_without_settings_is_implicit():
+    assert Optimizer.from_dict({"modules": "adam"}).module_names == ["adam"]
+    assert Optimizer(lr=0.1, regularizers=[("fedprox", {})]).implicit_regularizers == ["fedprox"]
+    scheduled = Optimizer(lr=("exponential-decay", {"base": 0.1, "rate": 0.9}))
+    assert "exponential-decay" in repr(scheduled)

@@ -36,10 +36,12 @@ def test_worker_processes_give_the_same_model_as_threads():
     threaded.run()
     spawned = experiment(make_nodes("p"), processes=True, workers=2)
     spawned.run()
+    assert spawned.transport._procs  # the workers (and their nodes' sessions) outlive run()
+    spawned.close()
     for name, value in threaded.global_params.items():
         np.testing.assert_array_equal(spawned.global_params[name], value)
     assert spawned.history[-1]["validation_global"]["accuracy"] > 0.8
-    assert not spawned.transport._procs  # run() stopped the workers
+    assert not spawned.transport._procs  # close() stopped them
 
 
 def test_a_worker_process_that_dies_fails_the_round_and_keeps_the_model():

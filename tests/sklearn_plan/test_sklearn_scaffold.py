@@ -29,3 +29,20 @@ def test_scaffold_runs_with_an_sgd_classifier_plan():
     client = nodes[0]._sessions[exp.id].plan.optimizer.declearn.modules[0]
     assert set(client.state.coefs) == {"coef", "intercept"}
     assert len(exp.agg_optimizer.declearn.modules[0].clients) == 3
+
+
+def test_optimizer_args_are_refused_for_sklearn_plans_before_any_round():
+    import pytest
+
+    from fedplug import ConfigError
+
+    x = np.zeros((10, 6))
+    node = Node("sk-args", Dataset(x, np.zeros(10, dtype=np.int64), tags=["sk-args"]))
+    with pytest.raises(ConfigError, match=r"\(\['eta0'\]\) does not apply to scikit-learn plans"):
+        Experiment(
+            nodes=[node],
+            training_plan="sklearn-sgd",
+            model_args={"n_features": 6},
+            training_args={"optimizer_args": {"eta0": 0.1}},
+        )
+    assert not node._sessions

@@ -78,6 +78,12 @@ def fedplug_validate_experiment(config: Any) -> None:
             f"the researcher-side module {module!r} needs its node-side partner {partners} in "
             f"the plan's fedplug.Optimizer, whose modules are {node_opt.module_names}"
         )
+    if config.training_args.optimizer_args and isinstance(node_opt, Optimizer):
+        raise ConfigError(
+            "training argument 'optimizer_args' sets options of a plan's native framework "
+            f"optimizer (e.g. torch.optim), but this plan steps with {_describe_optimizer(node_opt)}; "
+            "set a fedplug.Optimizer's options in its constructor instead"
+        )
     for side, optimizer in (("node-side", node_opt), ("researcher-side", agg_opt)):
         if isinstance(optimizer, Optimizer) and "fedprox" in optimizer.implicit_regularizers:
             raise ConfigError(

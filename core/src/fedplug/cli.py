@@ -114,11 +114,18 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Required:
+    """Stands for a parameter without a default in the ``fedplug optimizers`` listing."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
 def _defaults(cls: type) -> dict[str, object]:
     return {
-        name: param.default
+        name: _Required() if param.default is inspect.Parameter.empty else param.default
         for name, param in inspect.signature(cls.__init__).parameters.items()
-        if name != "self" and param.default is not inspect.Parameter.empty
+        if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
     }
 
 
@@ -146,7 +153,9 @@ def _cmd_optimizers(args: argparse.Namespace) -> int:
     for kind, entries in table.items():
         print(f"{kind}:")
         for name, defaults in entries.items():
-            settings = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+            settings = ", ".join(
+                f"{k}={v}" if v == "<required>" else f"{k}={v!r}" for k, v in defaults.items()
+            )
             print(f"  {name:32} {settings}")
     return 0
 

@@ -181,7 +181,8 @@ def run_demo(
         workers=workers,
         agg_optimizer=Optimizer.from_dict(recipe.researcher) if recipe.researcher else None,
     )
-    history = exp.run()
+    with exp:
+        history = exp.run()
     seconds = time.perf_counter() - start
     rows = results_rows(history, "accuracy")
     summary = {

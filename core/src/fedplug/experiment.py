@@ -347,9 +347,19 @@ class Experiment:
         finally:
             if bar is not None:
                 bar.close()
-            self.transport.close()
         self.pm.hook.fedplug_experiment_finished(experiment=self)
         return self.history
+
+    def close(self) -> None:
+        """Release the transport's workers (threads, worker processes and the node sessions
+        they hold). ``with Experiment(...) as exp:`` closes on exit."""
+        self.transport.close()
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def run_once(self) -> dict[str, Any]:
         """Run one round and return its history row."""

@@ -86,6 +86,8 @@ class LogisticRegressionPlan(TrainingPlan):
         rng = np.random.default_rng(args.seed)
         optimizer = self.optimizer
         if isinstance(optimizer, Optimizer):
+            if args.lr is not None:
+                optimizer.set_lr(args.lr)
             optimizer.start_round()
         lr = args.lr or self.lr
         losses = []

@@ -220,9 +220,10 @@ class Optimizer:
 
         #: regularizers given by bare name, i.e. with their default settings
         self.implicit_regularizers = [
-            spec
+            spec if isinstance(spec, str) else spec[0]
             for spec in ([regularizers] if isinstance(regularizers, str) else regularizers)
             if isinstance(spec, str)
+            or (isinstance(spec, (tuple, list)) and len(spec) == 2 and not spec[1])
         ]
         self._optim = DeclearnOptimizer(
             lrate=_parse_rate("lr", lr),
@@ -245,7 +246,8 @@ class Optimizer:
                 f"unknown optimizer setting {unknown[0]!r}; known: lr, decay, modules, regularizers"
             )
 
-        def pairs(items: Sequence[Spec]) -> list[Spec]:
+        def pairs(items: Sequence[Spec] | str) -> list[Spec]:
+            items = [items] if isinstance(items, str) else items
             return [tuple(item) if isinstance(item, list) else item for item in items]
 
         return cls(
@@ -290,8 +292,9 @@ class Optimizer:
         return [reg.name for reg in self._optim.regularizers]
 
     def __repr__(self) -> str:
+        config = self._optim.get_config()  # a scheduler shows as its (name, config) spec
         return (
-            f"Optimizer(lr={self.lr!r}, decay={self._optim.w_decay!r}, "
+            f"Optimizer(lr={config['lrate']!r}, decay={config['w_decay']!r}, "
             f"modules={self.module_names!r}, regularizers={self.regularizer_names!r})"
         )
 
@@ -301,10 +304,13 @@ class Optimizer:
         config = self._optim.get_config()
         if config["lrate"] == lr:
             return
-        modules_state = self._optim.get_state()["modules"]
-        optim = type(self._optim).from_config({**config, "lrate": lr})
-        optim.set_state({**optim.get_state(), "modules": modules_state})
-        self._optim = optim
+        # the same module and regularizer instances: their settings and states carry over
+        self._optim = type(self._optim)(
+            lrate=lr,
+            w_decay=config["w_decay"],
+            regularizers=self._optim.regularizers,
+            modules=self._optim.modules,
+        )
 
     # -- node side ------------------------------------------------------------------------------
     def adapter(self, model: Any, plugin_manager: FedplugPluginManager | None = None) -> Any:

@@ -21,6 +21,21 @@ def fedplug_register_training_plans(register: Register) -> None:
 
 
 @hookimpl
+def fedplug_validate_experiment(config: Any) -> None:
+    """scikit-learn plans take their estimator's settings in ``model_args``, not
+    ``optimizer_args``: refuse the latter before any round rather than ignore it."""
+    if config.plan.framework != "sklearn" or not config.training_args.optimizer_args:
+        return
+    from fedplug import ConfigError
+
+    keys = sorted(config.training_args.optimizer_args)
+    raise ConfigError(
+        f"training argument 'optimizer_args' ({keys}) does not apply to scikit-learn plans; "
+        "give estimator settings (eta0, learning_rate, alpha, ...) in model_args instead"
+    )
+
+
+@hookimpl
 def fedplug_model_adapter(model: Any) -> Any:
     if "sklearn" not in sys.modules:  # then ``model`` cannot be an estimator
         return None
