@@ -215,7 +215,9 @@ class SklearnTrainingPlan(TrainingPlan):
                     f"model_args['classes'] must list >= 2 distinct labels, got {classes!r}"
                 )
             self.classes = np.array(classes)
-        hyper = {**self.defaults, **args}
+        # fedplug draws the batches (seeded); the estimator must not reshuffle them with numpy's
+        # global generator, or a seeded experiment would not be reproducible
+        hyper = {"shuffle": False, **self.defaults, **args}
         valid = self.estimator_class().get_params()
         unknown = sorted(set(hyper) - set(valid))
         if unknown:
