@@ -108,3 +108,30 @@ def test_optimizer_specs_accept_a_single_name_and_fedprox_without_settings_is_im
     assert Optimizer(lr=0.1, regularizers=[("fedprox", {})]).implicit_regularizers == ["fedprox"]
     scheduled = Optimizer(lr=("exponential-decay", {"base": 0.1, "rate": 0.9}))
     assert "exponential-decay" in repr(scheduled)
+
+
+def test_round_level_schedules_apply_each_rounds_value_from_its_first_step():
+    optimizer = Optimizer(lr=("exponential-decay", {"base": 1.0, "rate": 0.5, "step_level": False}))
+    params = {"w": np.zeros(1)}
+    rates = []
+    for _ in range(3):  # one researcher step per round
+        optimizer.start_round()
+        rates.append(optimizer.lr)
+        params = optimizer.step_global(params, {"w": params["w"] - 1.0})
+    assert rates == [1.0, 0.5, 0.25]
+    np.testing.assert_allclose(params["w"], [-1.75])  # each round moves by its lr
+    warm = Optimizer(lr=("warmup-rounds", {"base": 1.0, "warmup": 4}))
+    warm.start_round()
+    assert warm.lr > 0  # the first round moves the model
+
+
+def test_step_level_schedules_are_unchanged_by_round_starts():
+    optimizer = Optimizer(lr=("exponential-decay", {"base": 1.0, "rate": 0.5}))
+    params = {"w": np.zeros(1)}
+    rates = []
+    for _ in range(2):
+        optimizer.start_round()
+        for _ in range(2):
+            rates.append(optimizer.lr)
+            params = optimizer.step_global(params, {"w": params["w"]})
+    assert rates == [1.0, 0.5, 0.25, 0.125]

@@ -327,6 +327,18 @@ class Optimizer:
     def start_round(self) -> None:
         """Tell modules, regularizers and schedulers that a round starts (e.g. FedProx anchors)."""
         self._optim.start_round()
+        # declearn computes the next rates right after each step, i.e. before the round counter
+        # moves: refresh them so that a round-level schedule applies its new round's value from
+        # the round's first step (declearn < 3 keeps them in these attributes).
+        optim = self._optim
+        for scheduler, attr in (
+            (optim._lrate_scheduler, "_lrate"),
+            (optim._wrate_scheduler, "_wrate"),
+        ):
+            current = scheduler.compute_value(
+                step=max(scheduler.steps - 1, 0), round_=scheduler.rounds
+            )
+            setattr(optim, attr, current)
 
     def step(self, model: Any, plugin_manager: FedplugPluginManager | None = None) -> None:
         """Apply one update to ``model`` from the gradients of its last backward pass."""
