@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedplug import ConfigError, Dataset, Experiment, Node, Optimizer
+from fedplug import ConfigError, Dataset, Experiment, LogisticRegressionPlan, Node, Optimizer
 
 
 def nodes(tag: str) -> list[Node]:
@@ -68,3 +68,36 @@ def test_a_state_only_loads_into_a_matching_experiment(tmp_path):
     saved.save_model(tmp_path / "model.npz")
     with pytest.raises(ConfigError, match="not a fedplug experiment state"):
         experiment("model", fedadam()).load_state(tmp_path / "model.npz")
+
+
+class ScaffoldPlan(LogisticRegressionPlan):
+    def __init__(self, model_args=None):
+        super().__init__(model_args)
+        self.optimizer = Optimizer(lr=0.1, modules=["scaffold-client"])
+        self.add_dependency("from fedplug import Optimizer")
+
+
+def test_resuming_continues_the_node_side_sessions_of_running_nodes(tmp_path):
+    federation = nodes("resume-nodes")
+
+    def build() -> Experiment:
+        return Experiment(
+            nodes=federation,
+            training_plan=ScaffoldPlan,
+            model_args={"n_features": 4},
+            training_args={"batch_size": 10},
+            agg_optimizer=Optimizer(lr=1.0, modules=["scaffold-server"]),
+            round_limit=4,
+            seed=2,
+        )
+
+    first = build()
+    first.run(rounds=2)
+    first.save_state(tmp_path / "state.npz")
+    client = federation[0]._sessions[first.id].plan.optimizer.declearn.modules[0]
+    resumed = build()
+    resumed.load_state(tmp_path / "state.npz")
+    assert resumed.id == first.id
+    resumed.run()
+    assert federation[0]._sessions[resumed.id].plan.optimizer.declearn.modules[0] is client
+    assert len(resumed.agg_optimizer.declearn.modules[0].clients) == 3  # same clients, no new ones

@@ -284,6 +284,7 @@ class Experiment:
         optimizer = self.agg_optimizer.get_state() if self.agg_optimizer else None
         meta = {
             "fedplug_state": 1,
+            "experiment_id": self.id,
             "plan": self.plan_class.__qualname__,
             "round_index": self.round_index,
             "history": self.history,
@@ -298,7 +299,9 @@ class Experiment:
 
     def load_state(self, path: str | Path) -> None:
         """Resume from :meth:`save_state`: this experiment must be configured like the saved
-        one (same plan and model, same researcher-side optimizer modules)."""
+        one (same plan and model, same researcher-side optimizer modules). It takes the saved
+        experiment's id, so nodes that kept their session (plan, node-side optimizer state such
+        as Adam moments or Scaffold's local state) continue it."""
         try:
             data = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
@@ -323,6 +326,7 @@ class Experiment:
             )
         if self.agg_optimizer is not None:
             self.agg_optimizer.set_state(unpack_state(meta["agg_optimizer"], arrays))
+        self.id = meta["experiment_id"]
         self._global = params
         self._plan_dirty = True
         self.round_index = meta["round_index"]
