@@ -98,3 +98,36 @@ def test_large_messages_to_several_nodes_per_worker_do_not_deadlock():
             proc.process.kill()
     assert finished, "the process transport deadlocked on large messages"
     assert len(exp.history) == 2
+
+
+def test_a_failed_round_leaves_no_stale_reply_for_the_next_one():
+    nodes = make_nodes("stale")
+    nodes[0].datasets[0].x[0, 0] = np.nan  # this node's training always fails (NaN loss)
+    exp = Experiment(
+        nodes=nodes,
+        tags=["proc"],
+        training_plan="numpy-logreg",
+        model_args={"n_features": 6},
+        training_args={"batch_size": 8},
+        round_limit=3,
+        processes=True,
+        workers=2,
+        validate=False,
+    )
+    outcome: dict = {}
+
+    def two_rounds() -> None:
+        with pytest.raises(NodeError, match="diverged"):
+            exp.run_once()  # fails at the first node, with other requests still in flight
+        exp.on_node_failure = "skip"
+        outcome["row"] = exp.run_once()
+
+    worker = threading.Thread(target=two_rounds, daemon=True)
+    worker.start()
+    worker.join(timeout=90)
+    exp.close()
+    assert "row" in outcome, "the round after a failed one did not complete"
+    row = outcome["row"]
+    # a reply left over from the failed round would be refused as another round's
+    assert list(row["failures"]) == [nodes[0].name]
+    assert sorted(row["nodes"]) == sorted(n.name for n in nodes[1:])

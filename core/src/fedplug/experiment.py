@@ -9,6 +9,7 @@ model of the last good round untouched.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import sys
@@ -373,31 +374,30 @@ class Experiment:
         replies, failures, aux_sum = self._train_round(index)
         train_s = time.perf_counter() - start
         aggregated = self.aggregator.result()
-        if self.agg_optimizer is not None:
-            optimizer_state = self.agg_optimizer.get_state()
-            if aux_sum:
-                self.agg_optimizer.process_aux_var(aux_sum)
-            self.agg_optimizer.start_round()
-            new_global = self.agg_optimizer.step_global(self._global, aggregated)
-        else:
-            new_global = aggregated
-        row = _train_summary(index, replies)
-        row["failures"] = failures
-        row["durations"] = {
-            "train_s": train_s,
-            "aggregate_s": time.perf_counter() - start - train_s,
-        }
-        if self._should_validate(index):
-            vstart = time.perf_counter()
-            try:
+        optimizer_state = self.agg_optimizer.get_state() if self.agg_optimizer else None
+        try:  # the round is applied whole or not at all
+            if self.agg_optimizer is not None:
+                if aux_sum:
+                    self.agg_optimizer.process_aux_var(aux_sum)
+                self.agg_optimizer.start_round()
+                new_global = self.agg_optimizer.step_global(self._global, aggregated)
+            else:
+                new_global = aggregated
+            row = _train_summary(index, replies)
+            row["failures"] = failures
+            row["durations"] = {
+                "train_s": train_s,
+                "aggregate_s": time.perf_counter() - start - train_s,
+            }
+            if self._should_validate(index):
+                vstart = time.perf_counter()
                 validation = self._validation_round(index, new_global)
-            except FedplugError:
-                # the round is applied whole or not at all
-                if self.agg_optimizer is not None:
-                    self.agg_optimizer.set_state(optimizer_state)
-                raise
-            row["validation"], row["validation_global"], row["validation_failures"] = validation
-            row["durations"]["validate_s"] = time.perf_counter() - vstart
+                row["validation"], row["validation_global"], row["validation_failures"] = validation
+                row["durations"]["validate_s"] = time.perf_counter() - vstart
+        except FedplugError:
+            if self.agg_optimizer is not None:
+                self.agg_optimizer.set_state(optimizer_state)
+            raise
         row["durations"]["round_s"] = time.perf_counter() - start
         self._global = new_global
         self._plan_dirty = True
@@ -435,33 +435,39 @@ class Experiment:
         """Dispatch ``payload``; pass each good reply to ``on_reply``; apply the failure policy."""
         replies: dict[str, Any] = {}
         failures: dict[str, str] = {}
-        for node, raw in self.transport.dispatch(payload, self.nodes):
-            try:
-                if isinstance(raw, NodeError):
-                    raise raw
-                if isinstance(raw, BaseException):
-                    raise NodeError(node, f"did not answer: {type(raw).__name__}: {raw}")
-                reply = msg.decode(raw, (expected, msg.ErrorReply))
-                if reply.node != node:
-                    raise MessageError(f"reply from {node!r} claims to come from {reply.node!r}")
-                if reply.experiment_id != self.id or reply.round_index != index:
-                    raise MessageError(
-                        f"reply from {node!r} is for experiment {reply.experiment_id!r} round "
-                        f"{reply.round_index}, expected {self.id!r} round {index}"
+        # closing(): a round that fails stops the dispatch at once and lets the transport clean up
+        with contextlib.closing(self.transport.dispatch(payload, self.nodes)) as stream:
+            for node, raw in stream:
+                try:
+                    if isinstance(raw, NodeError):
+                        raise raw
+                    if isinstance(raw, BaseException):
+                        raise NodeError(node, f"did not answer: {type(raw).__name__}: {raw}")
+                    reply = msg.decode(raw, (expected, msg.ErrorReply))
+                    if reply.node != node:
+                        raise MessageError(
+                            f"reply from {node!r} claims to come from {reply.node!r}"
+                        )
+                    if reply.experiment_id != self.id or reply.round_index != index:
+                        raise MessageError(
+                            f"reply from {node!r} is for experiment {reply.experiment_id!r} round "
+                            f"{reply.round_index}, expected {self.id!r} round {index}"
+                        )
+                    if isinstance(reply, msg.ErrorReply):
+                        raise NodeError(node, f"{reply.error}: {reply.message}")
+                    on_reply(node, reply)
+                    replies[node] = reply
+                except FedplugError as exc:
+                    text = (
+                        exc.detail if isinstance(exc, NodeError) else f"{type(exc).__name__}: {exc}"
                     )
-                if isinstance(reply, msg.ErrorReply):
-                    raise NodeError(node, f"{reply.error}: {reply.message}")
-                on_reply(node, reply)
-                replies[node] = reply
-            except FedplugError as exc:
-                text = exc.detail if isinstance(exc, NodeError) else f"{type(exc).__name__}: {exc}"
-                if self.on_node_failure == "fail":
-                    raise NodeError(
-                        node,
-                        f"{text} (round {index}; the global model is unchanged; "
-                        "use on_node_failure='skip' to continue without failing nodes)",
-                    ) from None
-                failures[node] = text
+                    if self.on_node_failure == "fail":
+                        raise NodeError(
+                            node,
+                            f"{text} (round {index}; the global model is unchanged; "
+                            "use on_node_failure='skip' to continue without failing nodes)",
+                        ) from None
+                    failures[node] = text
         if len(replies) < self.min_nodes:
             raise NodeError(
                 ",".join(sorted(failures)) or "-",

@@ -119,20 +119,27 @@ class LocalTransport:
 
         for conn in queues:
             send_next(conn)
-        for name in nodes:
-            while name not in arrived:
-                for conn in wait_connections(list(in_flight)):
-                    expected = in_flight.pop(conn)
-                    try:
-                        done, reply = _unframe(conn.recv_bytes())
-                    except (EOFError, OSError) as exc:
-                        for lost in [expected, *queues[conn]]:
-                            arrived[lost] = NodeError(lost, f"worker process died: {exc!r}")
-                        queues[conn].clear()
-                        continue
-                    arrived[done] = reply
-                    send_next(conn)
-            yield name, arrived.pop(name)
+        try:
+            for name in nodes:
+                while name not in arrived:
+                    for conn in wait_connections(list(in_flight)):
+                        expected = in_flight.pop(conn)
+                        try:
+                            done, reply = _unframe(conn.recv_bytes())
+                        except (EOFError, OSError) as exc:
+                            for lost in [expected, *queues[conn]]:
+                                arrived[lost] = NodeError(lost, f"worker process died: {exc!r}")
+                            queues[conn].clear()
+                            continue
+                        arrived[done] = reply
+                        send_next(conn)
+                yield name, arrived.pop(name)
+        finally:
+            # Stopped early (a failed round): leave no reply in a pipe for the next round to
+            # read. Queued requests were never sent; in-flight ones are awaited and dropped.
+            for conn in list(in_flight):
+                with contextlib.suppress(EOFError, OSError):
+                    conn.recv_bytes()
 
     def _start_processes(self) -> None:
         ctx = mp.get_context("spawn")
