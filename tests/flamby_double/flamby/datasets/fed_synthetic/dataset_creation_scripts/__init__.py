@@ -1,0 +1,1 @@
+"""Fed-Synthetic's creation scripts; ``dataset_location.yaml`` is written here by ``download``."""
