@@ -134,7 +134,14 @@ def test_three_nodes_end_to_end(make_nodes):
 
 @pytest.mark.parametrize(
     ("validate", "test_ratio", "validated"),
-    [(True, 0.25, [0, 1, 2]), (2, 0.25, [1, 2]), (False, 0.25, []), (True, 0.0, [])],
+    [
+        (True, 0.25, [0, 1, 2]),
+        (None, 0.25, [0, 1, 2]),
+        (2, 0.25, [1, 2]),
+        (False, 0.25, []),
+        (None, 0.0, []),
+        (True, 0.0, [0, 1, 2]),  # asked for: nodes without held-out data report 0 samples
+    ],
 )
 def test_which_rounds_are_validated(make_nodes, validate, test_ratio, validated):
     exp = experiment(

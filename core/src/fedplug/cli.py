@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="fedavg",
         help="federated algorithm (default: fedavg); see docs/optimization.md",
     )
-    demo.add_argument("--rounds", type=_positive, default=20, help="rounds (default: 20)")
+    demo.add_argument(
+        "--rounds",
+        type=_positive,
+        default=None,
+        help="rounds (default: 20; with --flamby, FLamby's get_nb_max_rounds)",
+    )
     demo.add_argument("--nodes", type=_positive, default=3, help="hospitals (default: 3)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument(
@@ -58,6 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--json", action="store_true", help="print one JSON summary line instead of the table"
     )
+    demo.add_argument(
+        "--flamby",
+        metavar="DATASET",
+        default=None,
+        help="run FLamby's benchmark on DATASET (e.g. fed_tcga_brca), one node per center; "
+        "needs fedplug-flamby and FLamby",
+    )
+    demo.add_argument(
+        "--num-updates",
+        type=_positive,
+        default=100,
+        help="with --flamby: local optimizer steps per round (default: 100, FLamby's)",
+    )
+    demo.add_argument(
+        "--accept-license",
+        action="store_true",
+        help="with --flamby: accept the dataset's data terms (FLamby asks otherwise)",
+    )
 
     plugins = commands.add_parser(
         "plugins", help="list installed plugins, their hooks and load errors"
@@ -72,17 +95,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.flamby is not None:
+        return _cmd_flamby_demo(args)
     from fedplug.demo import run_demo
 
     run_demo(
         plan=args.plan,
-        rounds=args.rounds,
+        rounds=args.rounds or 20,
         nodes=args.nodes,
         seed=args.seed,
         out=args.out,
         as_json=args.json,
         workers=args.workers,
         algorithm=args.algorithm,
+    )
+    return 0
+
+
+def _cmd_flamby_demo(args: argparse.Namespace) -> int:
+    from fedplug.errors import PluginError
+
+    try:
+        from fedplug_flamby.demo import run_flamby_demo
+    except ImportError:
+        raise PluginError(
+            "--flamby needs the fedplug-flamby plugin: pip install fedplug-flamby "
+            "(plugins/flamby_datasets in the fedplug repository), and FLamby: pip install "
+            "git+https://github.com/owkin/FLamby"
+        ) from None
+    run_flamby_demo(
+        dataset=args.flamby,
+        algorithm=args.algorithm,
+        rounds=args.rounds,
+        num_updates=args.num_updates,
+        seed=args.seed,
+        out=args.out,
+        as_json=args.json,
+        accept_license=args.accept_license,
+        workers=args.workers,
     )
     return 0
 

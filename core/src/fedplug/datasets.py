@@ -1,4 +1,9 @@
-"""Node-side datasets: an in-memory (features, targets) pair with tags, and the built-in loaders.
+"""Node-side datasets: arrays or a collection of samples, with tags, and the built-in loaders.
+
+A :class:`Dataset` holds either two arrays (``x`` features, ``y`` targets, same first dimension) or,
+with ``y=None``, a collection of ``(input, target)`` samples in ``x`` (anything with ``len`` and
+``x[i]``, such as a ``torch.utils.data.Dataset`` that loads images lazily). It may come with its own
+held-out split (``test``, e.g. a FLamby center's predefined test set), used instead of a random one.
 
 Loaders are registered through ``fedplug_register_dataset_types``; core provides ``numpy`` (arrays
 or an ``.npz`` file) and ``csv`` (a header row, numeric columns, one target column).
@@ -18,33 +23,88 @@ from fedplug.errors import ConfigError
 
 @dataclass
 class Dataset:
-    """Features ``x`` and targets ``y`` (same first dimension), found by experiments through ``tags``."""
+    """A node's data, found by experiments through ``tags``.
+
+    :param x: features (an array), or with ``y=None`` a collection of ``(input, target)`` samples.
+    :param y: targets, with the same first dimension as ``x``; None for a sample collection.
+    :param tags: what experiments select the dataset by.
+    :param name: shown in errors and reports.
+    :param test: a held-out split that comes with the data; validation uses it, and a
+        ``test_ratio`` split is refused.
+    :param collate_fn: how a sample collection's samples form a batch (a DataLoader's
+        ``collate_fn``); None for the framework's default.
+    :param meta: facts about the data for plans that need them (e.g. which FLamby dataset).
+    """
 
     x: Any
-    y: Any
+    y: Any = None
     tags: list[str] = field(default_factory=list)
     name: str = ""
+    test: Dataset | None = None
+    collate_fn: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if hasattr(self.x, "shape") and hasattr(self.y, "shape") and len(self.x) != len(self.y):
+        if self.y is None:
+            if not (hasattr(self.x, "__len__") and hasattr(self.x, "__getitem__")):
+                raise ConfigError(
+                    f"dataset {self.name!r}: without y, x must be a collection of (input, target) "
+                    f"samples supporting len() and indexing, got {type(self.x).__name__}"
+                )
+        elif (
+            hasattr(self.x, "__len__") and hasattr(self.y, "__len__") and len(self.x) != len(self.y)
+        ):
             raise ConfigError(
                 f"dataset {self.name!r}: x has {len(self.x)} rows but y has {len(self.y)}; "
                 "they must have the same number of samples"
             )
+        if self.test is not None and not isinstance(self.test, Dataset):
+            raise ConfigError(f"dataset {self.name!r}: test must be a Dataset, got {self.test!r}")
         self.tags = list(self.tags)
 
     def __len__(self) -> int:
         return len(self.x)
+
+    @property
+    def is_samples(self) -> bool:
+        """True when ``x`` is a collection of ``(input, target)`` samples rather than an array."""
+        return self.y is None
+
+    def arrays(self, who: str) -> tuple[Any, Any]:
+        """``(x, y)`` for plans that need arrays; a clear error for a sample collection."""
+        if self.is_samples:
+            raise ConfigError(
+                f"{who} trains on arrays (x, y), but dataset {self.name!r} is a collection of "
+                f"samples ({type(self.x).__name__}); use a plan that loads samples in batches, "
+                "such as a TorchTrainingPlan"
+            )
+        return self.x, self.y
 
     def matches(self, tags: list[str] | None) -> bool:
         """True when every tag of ``tags`` is one of this dataset's tags (Fed-BioMed's rule)."""
         return not tags or set(tags) <= set(self.tags)
 
     def subset(self, index: np.ndarray, suffix: str) -> Dataset:
-        return Dataset(self.x[index], self.y[index], self.tags, f"{self.name}{suffix}")
+        if self.is_samples:
+            x, y = Subset(self.x, index), None
+        else:
+            x, y = self.x[index], self.y[index]
+        return Dataset(
+            x, y, self.tags, f"{self.name}{suffix}", collate_fn=self.collate_fn, meta=self.meta
+        )
 
     def split(self, test_ratio: float, seed: int | None) -> tuple[Dataset, Dataset | None]:
-        """A reproducible (train, test) split; ``test`` is None when ``test_ratio`` is 0."""
+        """A reproducible (train, test) split; ``test`` is None when ``test_ratio`` is 0.
+
+        A dataset that comes with its own ``test`` split returns it, and refuses a ``test_ratio``
+        (held-out data is not drawn twice)."""
+        if self.test is not None:
+            if test_ratio:
+                raise ConfigError(
+                    f"dataset {self.name!r} comes with its own test split ({len(self.test)} "
+                    f"samples), so test_ratio={test_ratio} does not apply; set test_ratio=0"
+                )
+            return self, self.test
         n_test = round(len(self) * test_ratio)
         if n_test == 0:
             return self, None
@@ -55,6 +115,20 @@ class Dataset:
             )
         order = np.random.default_rng(seed).permutation(len(self))
         return self.subset(order[n_test:], ":train"), self.subset(order[:n_test], ":test")
+
+
+class Subset:
+    """Samples ``index`` of a sample collection, without copying them."""
+
+    def __init__(self, samples: Any, index: np.ndarray) -> None:
+        self.samples = samples
+        self.index = np.asarray(index, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.samples[int(self.index[i])]
 
 
 def load_numpy(

@@ -73,8 +73,10 @@ class Experiment:
         ``global - aggregated`` (FedAvgM, FedAdam, ...); None applies the aggregate directly.
     :param model_args: passed to the plan's constructor, on the researcher and on every node.
     :param seed: seeds the initial model and, unless ``training_args`` has one, node training.
-    :param validate: evaluate the global model on each node's held-out split after each round
-        (needs ``test_ratio > 0``); an int ``k`` validates every ``k`` rounds and after the last.
+    :param validate: evaluate the global model on each node's held-out split after each round;
+        an int ``k`` validates every ``k`` rounds and after the last. By default (None), validate
+        each round when ``test_ratio > 0``; pass True for datasets that come with their own test
+        split (FLamby's), with ``test_ratio=0``.
     :param on_node_failure: ``"fail"`` stops at the first failing node, ``"skip"`` continues with
         the others as long as ``min_nodes`` replied.
     :param workers: local nodes trained at once (threads, or processes with ``processes``); by
@@ -96,7 +98,7 @@ class Experiment:
         seed: int | None = None,
         *,
         model_class: type[TrainingPlan] | str | None = None,
-        validate: bool | int = True,
+        validate: bool | int | None = None,
         on_node_failure: str = "fail",
         min_nodes: int = 1,
         workers: int | None = None,
@@ -117,7 +119,7 @@ class Experiment:
             args = TrainingArgs.from_dict({**args.to_dict(), "seed": seed})
         self.training_args = args
         self.model_args = dict(model_args or {})
-        self.validate_every = _validation_period(validate)
+        self.validate_every = _validation_period(validate, self.training_args.test_ratio)
         if on_node_failure not in _FAILURE_POLICIES:
             raise ConfigError(
                 f"on_node_failure must be one of {_FAILURE_POLICIES}, got {on_node_failure!r}"
@@ -393,6 +395,7 @@ class Experiment:
                 vstart = time.perf_counter()
                 validation = self._validation_round(index, new_global)
                 row["validation"], row["validation_global"], row["validation_failures"] = validation
+                row["validation_mean"] = self._mean_over_nodes(row["validation"])
                 row["durations"]["validate_s"] = time.perf_counter() - vstart
         except FedplugError:
             if self.agg_optimizer is not None:
@@ -407,7 +410,7 @@ class Experiment:
         return row
 
     def _should_validate(self, index: int) -> bool:
-        if not self.validate_every or self.training_args.test_ratio == 0:
+        if not self.validate_every:
             return False
         last = self.round_limit is not None and index + 1 == self.round_limit
         return last or (index + 1) % self.validate_every == 0
@@ -544,6 +547,17 @@ class Experiment:
         overall["n_samples"] = total
         return per_node, overall, failures
 
+    @staticmethod
+    def _mean_over_nodes(per_node: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Each metric averaged over the nodes that report it with test samples, unweighted
+        (FLamby's "mean over clients")."""
+        reporting = [m for m in per_node.values() if m.get("n_samples")]
+        keys = sorted({k for m in reporting for k in m if k != "n_samples"})
+        return {
+            key: sum(m[key] for m in reporting if key in m) / sum(key in m for m in reporting)
+            for key in keys
+        }
+
     def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
         """Validate the current global model on every node's held-out split now: per-node
         metrics and their average weighted by test samples."""
@@ -592,7 +606,9 @@ def _check_rounds(what: str, value: Any, allow_none: bool = False) -> Any:
     return value
 
 
-def _validation_period(validate: bool | int) -> int:
+def _validation_period(validate: bool | int | None, test_ratio: float) -> int:
+    if validate is None:
+        return 1 if test_ratio > 0 else 0
     if isinstance(validate, bool):
         return 1 if validate else 0
     if isinstance(validate, int) and validate >= 0:

@@ -72,8 +72,8 @@ class LogisticRegressionPlan(TrainingPlan):
             self.model.params[name][...] = value
 
     def _xy(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-        x = np.asarray(dataset.x, dtype=np.float64)
-        y = np.asarray(dataset.y)
+        x, y = dataset.arrays(type(self).__name__)
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
         if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= self.n_classes:
             raise ConfigError(
                 f"LogisticRegressionPlan needs integer labels in [0, {self.n_classes}), "

@@ -421,6 +421,25 @@ class Optimizer:
     def get_config(self) -> dict[str, Any]:
         return self._optim.get_config()
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-like spec :meth:`from_dict` rebuilds this optimizer from (fresh state), with
+        every setting explicit: what travels to nodes in ``model_args``."""
+        config = self._optim.get_config()
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, (list, tuple)):
+                return [plain(item) for item in value]
+            if isinstance(value, dict):
+                return {key: plain(item) for key, item in value.items()}
+            return value
+
+        return {
+            "lr": plain(config["lrate"]),
+            "decay": plain(config["w_decay"]),
+            "modules": plain(config["modules"]),
+            "regularizers": plain(config["regularizers"]),
+        }
+
     def get_state(self) -> dict[str, Any]:
         """Module states (moments, ...) and scheduler positions, for checkpoints."""
         return self._optim.get_state()

@@ -34,9 +34,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
 
 
-def results_rows(history: list[dict[str, Any]], metric: str) -> list[list[Any]]:
+def results_rows(
+    history: list[dict[str, Any]], metric: str, average: str = "global"
+) -> list[list[Any]]:
     """Per-node rows (train samples, test samples, metric, loss) of the last validated round, then
-    a ``global`` row weighted by test samples."""
+    a ``global`` row weighted by test samples, or with ``average="mean"`` a ``mean`` row averaged
+    over nodes (FLamby's "mean over clients")."""
     validated = [row for row in history if "validation" in row]
     if not validated:
         return []
@@ -52,10 +55,10 @@ def results_rows(history: list[dict[str, Any]], metric: str) -> list[list[Any]]:
                 metrics.get("loss"),
             ]
         )
-    overall = last["validation_global"]
+    overall = last["validation_mean" if average == "mean" else "validation_global"]
     rows.append(
         [
-            "global",
+            average,
             sum(last["samples"].values()),
             overall.get("n_samples"),
             overall.get(metric),
@@ -66,9 +69,14 @@ def results_rows(history: list[dict[str, Any]], metric: str) -> list[list[Any]]:
 
 
 def plot_history(
-    history: list[dict[str, Any]], path: str | Path, metric: str = "accuracy", title: str = ""
+    history: list[dict[str, Any]],
+    path: str | Path,
+    metric: str = "accuracy",
+    title: str = "",
+    average: str = "global",
 ) -> Path | None:
-    """Write a PNG of training loss and validation ``metric`` (global and per node) by round.
+    """Write a PNG of training loss and validation ``metric`` (per node, and their ``global``
+    average weighted by test samples or unweighted ``mean``) by round.
 
     Returns None when matplotlib is not installed (``pip install 'fedplug[plot]'``).
     """
@@ -98,10 +106,13 @@ def plot_history(
         xs = [row["round"] + 1 for row in validated]
         ax_metric.plot(
             xs,
-            [row["validation_global"].get(metric) for row in validated],
+            [
+                row["validation_mean" if average == "mean" else "validation_global"].get(metric)
+                for row in validated
+            ],
             marker="o",
             linewidth=2.5,
-            label="global",
+            label=average,
         )
         for node in validated[-1]["validation"]:
             ax_metric.plot(

