@@ -18,7 +18,7 @@ from fedplug.errors import (
     PluginError,
     SecAggError,
 )
-from fedplug.experiment import Experiment, ExperimentConfig, load_params
+from fedplug.experiment import Experiment, ExperimentConfig, load_params, mean_over_nodes
 from fedplug.hookspecs import hookimpl
 from fedplug.node import Node
 from fedplug.numpy_plan import LogisticRegressionPlan
@@ -52,4 +52,5 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
     "load_params",
+    "mean_over_nodes",
 ]

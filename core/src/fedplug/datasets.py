@@ -46,6 +46,11 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.y is None:
+            if isinstance(self.x, np.ndarray):
+                raise ConfigError(
+                    f"dataset {self.name!r}: x is an array but y is missing; give the targets "
+                    "as y (a collection of (input, target) samples goes in x alone)"
+                )
             if not (hasattr(self.x, "__len__") and hasattr(self.x, "__getitem__")):
                 raise ConfigError(
                     f"dataset {self.name!r}: without y, x must be a collection of (input, target) "

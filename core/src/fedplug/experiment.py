@@ -395,7 +395,7 @@ class Experiment:
                 vstart = time.perf_counter()
                 validation = self._validation_round(index, new_global)
                 row["validation"], row["validation_global"], row["validation_failures"] = validation
-                row["validation_mean"] = self._mean_over_nodes(row["validation"])
+                row["validation_mean"] = mean_over_nodes(row["validation"])
                 row["durations"]["validate_s"] = time.perf_counter() - vstart
         except FedplugError:
             if self.agg_optimizer is not None:
@@ -547,17 +547,6 @@ class Experiment:
         overall["n_samples"] = total
         return per_node, overall, failures
 
-    @staticmethod
-    def _mean_over_nodes(per_node: dict[str, dict[str, float]]) -> dict[str, float]:
-        """Each metric averaged over the nodes that report it with test samples, unweighted
-        (FLamby's "mean over clients")."""
-        reporting = [m for m in per_node.values() if m.get("n_samples")]
-        keys = sorted({k for m in reporting for k in m if k != "n_samples"})
-        return {
-            key: sum(m[key] for m in reporting if key in m) / sum(key in m for m in reporting)
-            for key in keys
-        }
-
     def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
         """Validate the current global model on every node's held-out split now: per-node
         metrics and their average weighted by test samples."""
@@ -579,6 +568,18 @@ def _partners(aux_vars: dict[str, Any]) -> list[str]:
         for name, cls in Optimizer.available_modules().items()
         if getattr(cls, "aux_name", None) in aux_vars and getattr(cls, "auxvar_cls", None)
     )
+
+
+def mean_over_nodes(per_node: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each metric of per-node validation results averaged over the nodes that report it with
+    test samples, unweighted (FLamby's "mean over clients"); ``Experiment.evaluate()``'s first
+    value is such a ``per_node`` dict."""
+    reporting = [m for m in per_node.values() if m.get("n_samples")]
+    keys = sorted({k for m in reporting for k in m if k != "n_samples"})
+    return {
+        key: sum(m[key] for m in reporting if key in m) / sum(key in m for m in reporting)
+        for key in keys
+    }
 
 
 def load_params(path: str | Path) -> Params:

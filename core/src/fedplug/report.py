@@ -60,7 +60,7 @@ def results_rows(
         [
             average,
             sum(last["samples"].values()),
-            overall.get("n_samples"),
+            last["validation_global"].get("n_samples"),
             overall.get(metric),
             overall.get("loss"),
         ]

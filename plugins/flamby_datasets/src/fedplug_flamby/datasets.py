@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import numbers
 import sys
 import threading
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ class FlambyDatasetInfo:
     name: str
     title: str
     metric: str  # what the dataset's ``metric`` function computes, as a history key
-    extra: str  # FLamby's pip extra for the dataset's requirements
+    extra: str  # FLamby's pip extra for the dataset's requirements ("": none needed)
     download: bool  # needs FLamby's download (and preprocessing) scripts before use
     licence_link: str | None  # data terms FLamby asks to accept (None: no licence prompt)
 
@@ -77,7 +78,7 @@ DATASETS: dict[str, FlambyDatasetInfo] = {
             "fed_isic2019",
             "Fed-ISIC2019 (dermoscopy classification, 6 centers)",
             "balanced_accuracy",
-            "isic",
+            "isic2019",
             True,
             "https://challenge.isic-archive.com/data/",
         ),
@@ -85,7 +86,7 @@ DATASETS: dict[str, FlambyDatasetInfo] = {
             "fed_camelyon16",
             "Fed-Camelyon16 (slide classification, 2 centers)",
             "auc",
-            "cam",
+            "cam16",
             True,
             "https://camelyon17.grand-challenge.org/Data/",
         ),
@@ -99,7 +100,7 @@ DATASETS: dict[str, FlambyDatasetInfo] = {
         ),
         FlambyDatasetInfo(
             "fed_lidc_idri",
-            "Fed-LIDC-IDRI (lung nodule segmentation, 5 centers)",
+            "Fed-LIDC-IDRI (lung nodule segmentation, 4 centers)",
             "dice",
             "lidc",
             True,
@@ -165,7 +166,7 @@ def dataset_module(name: str) -> ModuleType:
     except ImportError as exc:
         raise PluginError(
             f"FLamby is installed but its dataset {name!r} cannot be imported ({exc}); install "
-            f"the dataset's requirements: pip install 'flamby[{info.extra}] @ git+{FLAMBY_REPO}'"
+            f"the dataset's requirements: {_pip_command(info)}"
         ) from None
     missing = [export for export in _EXPORTS if not hasattr(module, export)]
     if missing:
@@ -219,6 +220,8 @@ def center_datasets(
     info = dataset_info(name)
     module = dataset_module(name)
     n_centers = int(module.NUM_CLIENTS)
+    if isinstance(center, numbers.Integral) and not isinstance(center, bool):
+        center = int(center)
     if isinstance(center, bool) or not isinstance(center, int) or not 0 <= center < n_centers:
         raise ConfigError(
             f"{name} has {n_centers} centers, numbered 0 to {n_centers - 1}; got center={center!r}"
@@ -255,6 +258,12 @@ def center_datasets(
     return splits[0], splits[1], module
 
 
+def _pip_command(info: FlambyDatasetInfo) -> str:
+    if not info.extra:
+        return f"pip install git+{FLAMBY_REPO}"
+    return f"pip install 'flamby[{info.extra}] @ git+{FLAMBY_REPO}'"
+
+
 def not_ready_message(name: str, exc: BaseException) -> str:
     info = dataset_info(name)
     how = (
@@ -264,9 +273,10 @@ def not_ready_message(name: str, exc: BaseException) -> str:
         f"then records DIR in that folder's dataset_location.yaml. See "
         f"{FLAMBY_REPO}/tree/main/flamby/datasets/{name}"
         if info.download
-        else f"reinstall FLamby with its {info.extra!r} extra"
+        else f"reinstall FLamby with the dataset's requirements: {_pip_command(info)}"
     )
-    return f"FLamby dataset {name} is not ready on this machine: {exc} To fix it, {how}"
+    text = str(exc).strip().rstrip(".")
+    return f"FLamby dataset {name} is not ready on this machine: {text}. To fix it, {how}"
 
 
 def load_flamby(

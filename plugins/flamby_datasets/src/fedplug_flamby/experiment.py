@@ -101,6 +101,7 @@ def flamby_experiment(
     agg_optimizer: Optimizer | None = None,
     centers: list[int] | None = None,
     nodes: Any = None,
+    training_plan: type | str | None = None,
     accept_license: bool = False,
     seed: int | None = None,
     training_args: dict[str, Any] | None = None,
@@ -121,6 +122,8 @@ def flamby_experiment(
     :param centers: the centers to federate (default: all ``NUM_CLIENTS``).
     :param nodes: existing nodes or a transport whose datasets are tagged with the dataset's
         name; default: one in-process node per center.
+    :param training_plan: a subclass of the dataset's plan (e.g. with its own
+        ``training_step``); default: the registered ``flamby-<dataset>`` plan.
     :param accept_license: record acceptance of the dataset's data terms (FLamby asks otherwise).
     :param experiment_kwargs: anything else :class:`~fedplug.Experiment` takes
         (``aggregator``, ``on_node_failure``, ``workers``, ``progress``, ``validate``, ...).
@@ -163,7 +166,7 @@ def flamby_experiment(
     experiment = Experiment(
         nodes=nodes,
         tags=[dataset],
-        training_plan=f"flamby-{dataset}",
+        training_plan=training_plan or f"flamby-{dataset}",
         model_args=model_args,
         training_args=args,
         round_limit=round_limit,

@@ -77,8 +77,13 @@ class FlambyTrainingPlan(TorchTrainingPlan):
             self.optimizer = Optimizer.from_dict(spec)
         else:
             self.optimizer = self.flamby.Optimizer(self.parameters(), lr=self.flamby.LR)
+        # ``Optimizer`` is fedplug's in a shipped subclass, as where the researcher wrote it
+        # (FLamby's is ``self.flamby.Optimizer``)
         self.add_dependency(
-            f"from flamby.datasets.{name} import Baseline, BaselineLoss, Optimizer, metric"
+            [
+                f"from flamby.datasets.{name} import Baseline, BaselineLoss, metric",
+                "from fedplug import Optimizer",
+            ]
         )
 
     def _check_dataset(self, dataset: Dataset) -> None:
@@ -136,6 +141,16 @@ def _define_dataset_plans() -> dict[str, type[FlambyTrainingPlan]]:
 DATASET_PLANS = _define_dataset_plans()
 
 
+class _SourceLoader:
+    """The loader of a generated plan module: it only serves the module's source."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def get_source(self, name: str) -> str:
+        return self.source
+
+
 def flamby_plan(dataset: str, optimizer: Optimizer | dict[str, Any] | None = None) -> type:
     """The training plan of a FLamby dataset's benchmark baseline.
 
@@ -144,7 +159,7 @@ def flamby_plan(dataset: str, optimizer: Optimizer | dict[str, Any] | None = Non
     spec): a subclass that trains with it, shipped to nodes as source with its FLamby imports
     (nodes that require approval run it once its hash is approved).
     """
-    dataset_info(dataset)
+    dataset_module(dataset)  # fails now, with the fix, when FLamby or the dataset is missing
     base = DATASET_PLANS[dataset]
     if optimizer is None:
         return base
@@ -166,11 +181,13 @@ def flamby_plan(dataset: str, optimizer: Optimizer | dict[str, Any] | None = Non
         f'    """{DATASETS[dataset].title} baseline trained with a fedplug.Optimizer."""\n\n'
         f"    optimizer_spec = {spec!r}\n"
     )
-    filename = f"<fedplug_flamby generated plan {class_name}>"
-    # registered with linecache so that inspect.getsource (plan shipping, tracebacks) finds it
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    # The module's loader serves its source, so that inspect.getsource (plan shipping) and
+    # tracebacks find it through linecache, also after linecache.clearcache().
+    filename = f"fedplug_flamby/generated/{class_name}.py"
     module = types.ModuleType(module_name)
     module.__file__ = filename
+    module.__loader__ = _SourceLoader(source)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module.__dict__[base.__name__] = base
     sys.modules[module_name] = module
     exec(compile(source, filename, "exec"), module.__dict__)

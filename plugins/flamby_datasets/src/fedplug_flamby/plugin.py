@@ -6,6 +6,9 @@ Importing this module is cheap: FLamby and torch are imported when a plan or dat
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 from fedplug import hookimpl
 from fedplug.hookspecs import Register
 
@@ -25,3 +28,19 @@ def fedplug_register_dataset_types(register: Register) -> None:
     from fedplug_flamby.datasets import load_flamby
 
     register("flamby", load_flamby)
+
+
+@hookimpl
+def fedplug_validate_experiment(config: Any) -> None:
+    """FLamby centers come with their own test split: refuse a random one before any round."""
+    plan_module = sys.modules.get("fedplug_flamby.plan")  # not imported: not a FLamby plan
+    if plan_module is None or not isinstance(config.plan, plan_module.FlambyTrainingPlan):
+        return
+    if config.training_args.test_ratio:
+        from fedplug.errors import ConfigError
+
+        raise ConfigError(
+            f"FLamby's {config.plan.dataset_name} centers come with their own test split, so "
+            f"test_ratio={config.training_args.test_ratio} does not apply; set test_ratio=0 "
+            "(and validate=True to evaluate on the centers' test splits each round)"
+        )
