@@ -209,3 +209,32 @@ def test_other_generation_sizes_and_data_path(tmp_path):
     assert (len(by_path), len(by_path.test)) == (26, 14)
     for i in range(len(data.test)):
         assert torch.equal(by_path.test.x[i][0], data.test.x[i][0])
+
+
+def test_a_synthetic_experiment_trains_with_accuracy_and_the_module_collate_fn(
+    tmp_path, monkeypatch
+):
+    """A second FLamby dataset end to end: its own metric name, and the dataset module's
+    ``collate_fn`` (FLamby defines one for some datasets) batches the samples on every node."""
+    import flamby.datasets.fed_synthetic as fed_synthetic
+    from torch.utils.data import default_collate
+
+    from fedplug_flamby import flamby_experiment, flamby_results
+
+    calls = []
+
+    def collate_fn(batch):
+        calls.append(len(batch))
+        return default_collate(batch)
+
+    monkeypatch.setattr(fed_synthetic, "collate_fn", collate_fn, raising=False)
+    with synthetic_downloaded(tmp_path / "synthetic"):
+        exp = flamby_experiment("fed_synthetic", num_updates=20, round_limit=3, seed=0)
+        assert exp.flamby_metric == "accuracy" and len(exp.nodes) == 4
+        history = exp.run()
+    results = flamby_results(history, "accuracy")
+    assert sorted(results["per_center"]) == ["center0", "center1", "center2", "center3"]
+    first = history[0]["validation_mean"]["accuracy"]
+    assert results["mean"] > max(first, 1 / 3)  # better than chance (3 classes) and than round 1
+    # 3 rounds x 4 nodes x 20 training batches of 8, plus the evaluation batches
+    assert calls.count(8) >= 3 * 4 * 20
