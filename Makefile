@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-PLUGINS := plugins/torch_plan plugins/sklearn_plan plugins/flamby_datasets
+PLUGINS := plugins/torch_plan plugins/sklearn_plan plugins/flamby_datasets plugins/secagg
 PYPROJECTS := core/pyproject.toml $(foreach d,$(PLUGINS),$(d)/pyproject.toml)
 STAMP := $(VENV)/.fedplug-installed
 

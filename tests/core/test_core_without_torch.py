@@ -62,7 +62,13 @@ def test_a_numpy_experiment_runs_with_torch_and_sklearn_unimportable():
     assert report["rounds"] == 3
     assert report["accuracy"] >= 0.85
     # the torch, sklearn and flamby plugins load (their modules import no framework) ...
-    assert report["plugins"] == {"fedplug": None, "torch": None, "sklearn": None, "flamby": None}
+    assert report["plugins"] == {
+        "fedplug": None,
+        "torch": None,
+        "sklearn": None,
+        "flamby": None,
+        "secagg": None,
+    }
     # ... and their plans are listed without importing anything
     assert {"numpy-logreg", "torch-mlp", "sklearn-sgd"} <= set(report["plans"])
 

@@ -126,6 +126,7 @@ def test_the_plugin_works_with_only_core_and_fedplug_torch(tmp_path, child_env):
         """
         import json, sys
         sys.modules["fedplug_sklearn"] = None  # as if fedplug-sklearn were not installed
+        sys.modules["fedplug_secagg"] = None  # nor fedplug-secagg
         sys.modules["sklearn"] = None
 
         from fedplug import get_plugin_manager
@@ -146,12 +147,13 @@ def test_the_plugin_works_with_only_core_and_fedplug_torch(tmp_path, child_env):
         }))
         """,
         tmp_path,
-        child_env(FEDPLUG_DISABLE_PLUGINS="sklearn"),
+        child_env(FEDPLUG_DISABLE_PLUGINS="sklearn,secagg"),
     )
     assert report["plugins"] == {
         "fedplug": [None, False],
         "flamby": [None, False],
         "sklearn": [None, True],  # FEDPLUG_DISABLE_PLUGINS: listed as disabled, not loaded
+        "secagg": [None, True],
         "torch": [None, False],
     }
     assert report["rounds"] == 1

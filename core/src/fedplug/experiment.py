@@ -30,6 +30,7 @@ from fedplug.errors import (
     MessageError,
     NodeError,
     PlanError,
+    SecAggError,
     describe,
 )
 from fedplug.node import Node, local_nodes
@@ -37,6 +38,7 @@ from fedplug.optimizer import Optimizer, pack_aux_vars, pack_state, unpack_state
 from fedplug.plan import Params, TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import make_plan_ref
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
+from fedplug.secagg import SecAggScheme
 from fedplug.transport.local import LocalTransport
 
 _FAILURE_POLICIES = ("fail", "skip")
@@ -56,6 +58,7 @@ class ExperimentConfig:
     nodes: list[str]
     tags: list[str]
     round_limit: int | None
+    secagg: SecAggScheme | None = None
 
 
 class Experiment:
@@ -83,6 +86,10 @@ class Experiment:
         default nodes take turns in this process, the fastest on small machines.
     :param processes: run local nodes in worker processes (default: one per CPU core).
     :param progress: show a progress bar per round (default: when stderr is a terminal).
+    :param secagg: secure aggregation: True (the ``masking`` scheme with its defaults), a
+        registered scheme name, or a scheme's settings object (e.g.
+        ``fedplug_secagg.SecAggConfig(...)``); the researcher then learns only the weighted
+        average of the nodes' parameters. Needs a weighted-sum aggregator (FedAverage).
     """
 
     def __init__(
@@ -106,6 +113,7 @@ class Experiment:
         progress: bool | None = None,
         plugin_manager: FedplugPluginManager | None = None,
         experiment_id: str | None = None,
+        secagg: bool | str | Any = False,
     ) -> None:
         self.pm = plugin_manager or get_plugin_manager()
         self.id = experiment_id or uuid.uuid4().hex
@@ -137,6 +145,7 @@ class Experiment:
                 "(e.g. Optimizer(lr=1.0, modules=['momentum']))"
             )
         self.agg_optimizer = agg_optimizer
+        self.secagg = self._resolve_secagg(secagg)
 
         self.transport = self._resolve_transport(nodes, workers, processes)
         self.nodes = self._select_nodes()
@@ -170,6 +179,7 @@ class Experiment:
             nodes=list(self.nodes),
             tags=self.tags,
             round_limit=self.round_limit,
+            secagg=self.secagg,
         )
         self.pm.hook.fedplug_validate_experiment(config=self.config)
         self.history: list[dict[str, Any]] = []
@@ -204,6 +214,30 @@ class Experiment:
                 f"aggregator must be a registered name or a fedplug Aggregator, got {aggregator!r}"
             )
         return aggregator
+
+    def _resolve_secagg(self, secagg: Any) -> SecAggScheme | None:
+        if secagg is False or secagg is None:
+            return None
+        if secagg is True:
+            secagg = "masking"
+        if isinstance(secagg, str):
+            scheme = self.pm.secagg_schemes[secagg]()
+        elif isinstance(secagg, SecAggScheme):
+            scheme = secagg
+        elif isinstance(getattr(secagg, "scheme", None), str):  # a scheme's settings object
+            scheme = self.pm.secagg_schemes[secagg.scheme](secagg)
+        else:
+            raise ConfigError(
+                f"secagg must be True, a registered scheme name or a scheme's settings, got "
+                f"{secagg!r}"
+            )
+        if not self.aggregator.weighted_sum:
+            raise SecAggError(
+                f"secure aggregation computes only a weighted sum of the nodes' updates, but "
+                f"aggregator {self.aggregator.name!r} needs each update (robust aggregators see "
+                "individual models); use aggregator='fedavg' or turn secagg off"
+            )
+        return scheme
 
     def _resolve_transport(self, nodes: Any, workers: int | None, processes: bool) -> Any:
         if nodes is None:
@@ -375,7 +409,11 @@ class Experiment:
         start = time.perf_counter()
         replies, failures, aux_sum = self._train_round(index)
         train_s = time.perf_counter() - start
-        aggregated = self.aggregator.result()
+        if self.secagg is not None:
+            aggregated = self.secagg.result(index, self._secagg_exchange(index))
+            _check_params(aggregated, self._global, "secure aggregation")
+        else:
+            aggregated = self.aggregator.result()
         optimizer_state = self.agg_optimizer.get_state() if self.agg_optimizer else None
         try:  # the round is applied whole or not at all
             if self.agg_optimizer is not None:
@@ -415,10 +453,14 @@ class Experiment:
         last = self.round_limit is not None and index + 1 == self.round_limit
         return last or (index + 1) % self.validate_every == 0
 
-    def _request(self, cls: type, index: int, params: Params) -> bytes:
-        extra = {}
+    def _request(
+        self, cls: type, index: int, params: Params, secagg: msg.SecAggData | None = None
+    ) -> bytes:
+        extra: dict[str, Any] = {}
         if cls is msg.TrainRequest and self.agg_optimizer and self.agg_optimizer.aux_modules:
             extra["aux_vars"] = pack_aux_vars(self.agg_optimizer.collect_aux_var())
+        if secagg is not None:
+            extra["secagg"] = secagg
         return msg.encode(
             cls(
                 experiment_id=self.id,
@@ -433,13 +475,21 @@ class Experiment:
         )
 
     def _collect(
-        self, payload: bytes, index: int, expected: type, on_reply: Any
+        self,
+        payload: bytes,
+        index: int,
+        expected: type,
+        on_reply: Any,
+        nodes: list[str] | None = None,
+        min_nodes: int | None = None,
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """Dispatch ``payload``; pass each good reply to ``on_reply``; apply the failure policy."""
+        nodes = self.nodes if nodes is None else nodes
+        min_nodes = self.min_nodes if min_nodes is None else min_nodes
         replies: dict[str, Any] = {}
         failures: dict[str, str] = {}
         # closing(): a round that fails stops the dispatch at once and lets the transport clean up
-        with contextlib.closing(self.transport.dispatch(payload, self.nodes)) as stream:
+        with contextlib.closing(self.transport.dispatch(payload, nodes)) as stream:
             for node, raw in stream:
                 try:
                     if isinstance(raw, NodeError):
@@ -471,13 +521,27 @@ class Experiment:
                             "use on_node_failure='skip' to continue without failing nodes)",
                         ) from None
                     failures[node] = text
-        if len(replies) < self.min_nodes:
+        if len(replies) < min_nodes:
             raise NodeError(
                 ",".join(sorted(failures)) or "-",
-                f"only {len(replies)} of {len(self.nodes)} nodes replied in round {index} "
-                f"(min_nodes={self.min_nodes}); failures: {failures}; the global model is unchanged",
+                f"only {len(replies)} of {len(nodes)} nodes replied in round {index} "
+                f"(min_nodes={min_nodes}); failures: {failures}; the global model is unchanged",
             )
         return replies, failures
+
+    def _secagg_exchange(self, index: int) -> Any:
+        """The ``exchange`` function a secure-aggregation scheme runs its steps with."""
+
+        def exchange(
+            data: msg.SecAggData, nodes: list[str]
+        ) -> tuple[dict[str, msg.SecAggData], dict[str, str]]:
+            payload = msg.encode(msg.SecAggRequest(self.id, index, data))
+            replies, failures = self._collect(
+                payload, index, msg.SecAggReply, lambda n, r: None, nodes=nodes, min_nodes=0
+            )
+            return {node: reply.data for node, reply in replies.items()}, failures
+
+        return exchange
 
     def _train_round(
         self, index: int
@@ -488,8 +552,29 @@ class Experiment:
         spec = params_spec(self._global)
         expected_aux = set(self.agg_optimizer.aux_modules) if self.agg_optimizer else set()
         aux_sum: dict[str, Any] = {}
+        nodes, context = self.nodes, None
+        if self.secagg is not None:
+            nodes, context = self.secagg.begin_round(
+                self.id, index, list(self.nodes), spec, self._secagg_exchange(index)
+            )
 
         def fold(node: str, reply: msg.TrainReply) -> None:
+            if self.secagg is not None:
+                if reply.secagg is None or reply.params:
+                    raise MessageError(
+                        f"node {node!r} replied without a masked update to a secure-aggregation "
+                        "request"
+                    )
+                if reply.aux_vars:
+                    raise SecAggError(
+                        f"node {node!r} returned auxiliary variables, which secure aggregation "
+                        "cannot protect"
+                    )
+                try:
+                    self.secagg.add(node, reply.n_samples, reply.secagg)
+                except (SecAggError, MessageError, AggregationError) as exc:
+                    raise NodeError(node, f"{type(exc).__name__}: {exc}") from None
+                return
             if params_spec(reply.params) != spec:
                 raise MessageError(
                     f"node {node!r} returned parameters {params_spec(reply.params)}, "
@@ -503,8 +588,11 @@ class Experiment:
             for key, value in aux.items():
                 aux_sum[key] = value if key not in aux_sum else aux_sum[key] + value
 
-        payload = self._request(msg.TrainRequest, index, self._global)
-        replies, failures = self._collect(payload, index, msg.TrainReply, fold)
+        payload = self._request(msg.TrainRequest, index, self._global, context)
+        replies, failures = self._collect(payload, index, msg.TrainReply, fold, nodes=nodes)
+        for node in self.nodes:
+            if node not in nodes:
+                failures.setdefault(node, "did not complete the secure-aggregation set-up")
         return replies, failures, aux_sum
 
     def _received_aux_vars(
@@ -568,6 +656,14 @@ def _partners(aux_vars: dict[str, Any]) -> list[str]:
         for name, cls in Optimizer.available_modules().items()
         if getattr(cls, "aux_name", None) in aux_vars and getattr(cls, "auxvar_cls", None)
     )
+
+
+def _check_params(params: Params, reference: Params, source: str) -> None:
+    if params_spec(params) != params_spec(reference):
+        raise SecAggError(
+            f"{source} returned parameters {params_spec(params)}, expected "
+            f"{params_spec(reference)}; the global model is unchanged"
+        )
 
 
 def mean_over_nodes(per_node: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -78,11 +78,23 @@ class AuxVarData:
 
 
 @dataclass
+class SecAggData:
+    """A secure-aggregation scheme's part of a message: the scheme's ``step``, its plain
+    ``values`` and its ``arrays`` (byte strings travel as uint8 arrays, masked vectors as uint64)."""
+
+    scheme: str
+    step: str
+    values: dict[str, JSON] = field(default_factory=dict)
+    arrays: Arrays = field(default_factory=dict)
+
+
+@dataclass
 class TrainRequest:
     """Researcher -> node: train the global parameters on the dataset that matches ``tags``.
 
     ``aux_vars`` come from the researcher's optimizer (e.g. Scaffold's global state), keyed by
-    the module's auxiliary-variable name."""
+    the module's auxiliary-variable name. With secure aggregation, ``secagg`` is the scheme's
+    round context and the node replies with a masked update instead of its parameters."""
 
     experiment_id: str
     round_index: int
@@ -92,11 +104,13 @@ class TrainRequest:
     tags: list[str]
     params: Arrays
     aux_vars: dict[str, AuxVarData] = field(default_factory=dict)
+    secagg: SecAggData | None = None
 
 
 @dataclass
 class TrainReply:
-    """Node -> researcher: locally trained parameters and what training did."""
+    """Node -> researcher: locally trained parameters and what training did; with secure
+    aggregation, no ``params`` but the scheme's masked update in ``secagg``."""
 
     experiment_id: str
     round_index: int
@@ -107,6 +121,26 @@ class TrainReply:
     train_loss: float
     duration_s: float
     aux_vars: dict[str, AuxVarData] = field(default_factory=dict)
+    secagg: SecAggData | None = None
+
+
+@dataclass
+class SecAggRequest:
+    """Researcher -> node: one step of a secure-aggregation scheme (key exchange, unmasking)."""
+
+    experiment_id: str
+    round_index: int
+    data: SecAggData
+
+
+@dataclass
+class SecAggReply:
+    """Node -> researcher: the node's answer to a :class:`SecAggRequest`."""
+
+    experiment_id: str
+    round_index: int
+    node: str
+    data: SecAggData
 
 
 @dataclass
@@ -146,10 +180,26 @@ class ErrorReply:
     details: dict[str, JSON] = field(default_factory=dict)
 
 
-Message = TrainRequest | TrainReply | EvaluateRequest | EvaluateReply | ErrorReply
+Message = (
+    TrainRequest
+    | TrainReply
+    | EvaluateRequest
+    | EvaluateReply
+    | SecAggRequest
+    | SecAggReply
+    | ErrorReply
+)
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (TrainRequest, TrainReply, EvaluateRequest, EvaluateReply, ErrorReply)
+    for cls in (
+        TrainRequest,
+        TrainReply,
+        EvaluateRequest,
+        EvaluateReply,
+        SecAggRequest,
+        SecAggReply,
+        ErrorReply,
+    )
 }
 _HINTS: dict[type, dict[str, Any]] = {}
 

@@ -20,11 +20,12 @@ import numpy as np
 
 from fedplug import messages as msg
 from fedplug.datasets import Dataset
-from fedplug.errors import ConfigError, FedplugError, NodeError, PlanError, describe
+from fedplug.errors import ConfigError, FedplugError, NodeError, PlanError, SecAggError, describe
 from fedplug.optimizer import Optimizer, pack_aux_vars
 from fedplug.plan import TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import load_plan_class
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
+from fedplug.secagg import SecAggNode
 
 # Nodes running in this process, for experiments that name only tags (the Fed-BioMed form).
 # A node runs from its creation until ``stop()``, like a node process would.
@@ -54,6 +55,8 @@ class Node:
         (:meth:`approve_plan`); registered plans always run. Local simulations may leave it off.
     :param plugin_manager: where plans, dataset types and model adapters come from.
     :param max_sessions: experiments whose state the node keeps at once (oldest dropped first).
+    :param require_secagg: refuse to train for an experiment without secure aggregation (the
+        node's update would reach the researcher in clear).
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Node:
         approved_plans: Iterable[str] = (),
         plugin_manager: FedplugPluginManager | None = None,
         max_sessions: int = 8,
+        require_secagg: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a node name must be a non-empty string, got {name!r}")
@@ -76,7 +80,9 @@ class Node:
         self.approved_plans: set[str] = set(approved_plans)
         self.pm = plugin_manager or get_plugin_manager()
         self.max_sessions = max_sessions
+        self.require_secagg = require_secagg
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._secagg: OrderedDict[str, SecAggNode] = OrderedDict()
         self._plan_classes: dict[str, type[TrainingPlan]] = {}
         self._lock = threading.Lock()
         _RUNNING[id(self)] = self
@@ -84,7 +90,7 @@ class Node:
     def __getstate__(self) -> dict[str, Any]:
         # What a worker process receives: data and settings; it builds its own plugin manager.
         state = dict(self.__dict__)
-        for transient in ("pm", "_lock", "_sessions", "_plan_classes"):
+        for transient in ("pm", "_lock", "_sessions", "_plan_classes", "_secagg"):
             state.pop(transient)
         return state
 
@@ -93,6 +99,7 @@ class Node:
         self.pm = get_plugin_manager()
         self._lock = threading.Lock()
         self._sessions = OrderedDict()
+        self._secagg = OrderedDict()
         self._plan_classes = {}
 
     def __repr__(self) -> str:
@@ -102,6 +109,7 @@ class Node:
         """Stop serving experiments that find nodes by tags, and drop experiment sessions."""
         _RUNNING.pop(id(self), None)
         self._sessions.clear()
+        self._secagg.clear()
 
     # -- administration -------------------------------------------------------------------------
     def add_dataset(self, dataset: Dataset) -> None:
@@ -133,11 +141,15 @@ class Node:
         """Serve one request; always returns reply bytes."""
         experiment_id, round_index = "", -1
         try:
-            request = msg.decode(payload, (msg.TrainRequest, msg.EvaluateRequest))
+            request = msg.decode(
+                payload, (msg.TrainRequest, msg.EvaluateRequest, msg.SecAggRequest)
+            )
             experiment_id, round_index = request.experiment_id, request.round_index
             with self._lock:
                 if isinstance(request, msg.TrainRequest):
                     reply = self._train(request)
+                elif isinstance(request, msg.SecAggRequest):
+                    reply = self._secagg_step(request)
                 else:
                     reply = self._evaluate(request)
         except FedplugError as exc:
@@ -199,9 +211,56 @@ class Node:
             )
         session.plan.set_parameters(params)
 
+    def _secagg_node(self, experiment_id: str, scheme: str, create: bool) -> SecAggNode:
+        state = self._secagg.get(experiment_id)
+        if state is None:
+            if not create:
+                raise SecAggError(
+                    f"node {self.name!r} has no secure-aggregation keys for experiment "
+                    f"{experiment_id!r}; the researcher must run the scheme's key exchange first"
+                )
+            state = self.pm.secagg_schemes[scheme].node_side(self.name, experiment_id)
+            self._secagg[experiment_id] = state
+            while len(self._secagg) > self.max_sessions:
+                self._secagg.popitem(last=False)
+        self._secagg.move_to_end(experiment_id)
+        return state
+
+    def _secagg_step(self, request: msg.SecAggRequest) -> msg.SecAggReply:
+        state = self._secagg_node(request.experiment_id, request.data.scheme, create=True)
+        return msg.SecAggReply(
+            experiment_id=request.experiment_id,
+            round_index=request.round_index,
+            node=self.name,
+            data=state.handle(request.round_index, request.data),
+        )
+
+    def _check_secagg(self, request: msg.TrainRequest, optimizer: Any) -> None:
+        """Refuse what secure aggregation cannot protect, before any training."""
+        if request.secagg is None:
+            if self.require_secagg:
+                raise SecAggError(
+                    f"node {self.name!r} requires secure aggregation and refuses a plain training "
+                    "request; run the experiment with secagg=True"
+                )
+            return
+        aux = sorted(request.aux_vars) or (
+            optimizer.module_names
+            if isinstance(optimizer, Optimizer) and optimizer.aux_modules
+            else []
+        )
+        if aux:
+            raise SecAggError(
+                f"node {self.name!r} refuses a secure-aggregation request whose optimizer "
+                f"exchanges auxiliary variables ({aux}): secure aggregation cannot protect them"
+            )
+
     def _train(self, request: msg.TrainRequest) -> msg.TrainReply:
         start = time.perf_counter()
+        if request.secagg is None and self.require_secagg:
+            self._check_secagg(request, None)
         session = self._session(request)
+        self._check_secagg(request, session.plan.node_optimizer())
         self._load_params(session, request.params)
         args = session.args
         if args.seed is not None:
@@ -221,16 +280,23 @@ class Node:
                     "no auxiliary variables to send; give the node training data and steps"
                 )
             aux_vars = pack_aux_vars(optimizer.collect_aux_var())
+        params = session.plan.parameter_views()  # encoded by handle() before any change
+        masked = None
+        if request.secagg is not None:
+            state = self._secagg_node(request.experiment_id, request.secagg.scheme, create=False)
+            masked = state.mask(request.round_index, request.secagg, params, result.n_samples)
+            params = {}
         return msg.TrainReply(
             experiment_id=request.experiment_id,
             round_index=request.round_index,
             node=self.name,
-            params=session.plan.parameter_views(),  # encoded by handle() before any change
+            params=params,
             n_samples=result.n_samples,
             n_steps=result.n_steps,
             train_loss=float(result.loss),
             duration_s=time.perf_counter() - start,
             aux_vars=aux_vars,
+            secagg=masked,
         )
 
     def _receive_aux_vars(
