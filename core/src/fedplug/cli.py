@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON summary line instead of the table"
     )
     demo.add_argument(
+        "--secagg",
+        action="store_true",
+        help="secure aggregation: the researcher learns only the average (needs fedplug-secagg)",
+    )
+    demo.add_argument(
         "--flamby",
         metavar="DATASET",
         default=None,
@@ -108,6 +113,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         as_json=args.json,
         workers=args.workers,
         algorithm=args.algorithm,
+        secagg=args.secagg,
     )
     return 0
 
@@ -133,6 +139,7 @@ def _cmd_flamby_demo(args: argparse.Namespace) -> int:
         as_json=args.json,
         accept_license=args.accept_license,
         workers=args.workers,
+        secagg=args.secagg,
     )
     return 0
 

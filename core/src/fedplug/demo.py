@@ -154,6 +154,7 @@ def run_demo(
     progress: bool = True,
     workers: int | None = None,
     algorithm: str = "fedavg",
+    secagg: bool = False,
 ) -> dict[str, Any]:
     """Run the demo experiment; print the results table (or one JSON line); write results.json
     and learning_curve.png under ``out``. Returns the JSON summary."""
@@ -169,6 +170,8 @@ def run_demo(
     pm = get_plugin_manager()
     if plan_name not in pm.training_plans:
         raise ConfigError(f"the {plan} demo needs the plan {plan_name!r}: pip install {dist}")
+    if secagg and "masking" not in pm.secagg_schemes:
+        raise ConfigError("--secagg needs the masking scheme: pip install fedplug-secagg")
     exp = Experiment(
         nodes=demo_nodes(nodes, seed, plugin_manager=pm),
         tags=TAGS,
@@ -181,6 +184,7 @@ def run_demo(
         plugin_manager=pm,
         workers=workers,
         agg_optimizer=Optimizer.from_dict(recipe.researcher) if recipe.researcher else None,
+        secagg=secagg,
     )
     with exp:
         history = exp.run()
@@ -190,6 +194,7 @@ def run_demo(
         "rounds": len(history),
         "plan": plan_name,
         "algorithm": algorithm,
+        "secagg": secagg,
         "nodes": nodes,
         "global_accuracy": history[-1]["validation_global"].get("accuracy"),
         "per_node": {row[0]: row[3] for row in rows[:-1]},

@@ -22,6 +22,7 @@ def run_flamby_demo(
     progress: bool = True,
     accept_license: bool = False,
     workers: int | None = None,
+    secagg: bool = False,
 ) -> dict[str, Any]:
     """Run the experiment; print the per-center table (or one JSON line); write results.json,
     model.npz and learning_curve.png under ``out``. Returns the JSON summary."""
@@ -35,6 +36,7 @@ def run_flamby_demo(
         accept_license=accept_license,
         progress=progress and not as_json,
         workers=workers,
+        secagg=secagg,
     )
     metric = exp.flamby_metric
     with exp:
@@ -44,6 +46,7 @@ def run_flamby_demo(
     summary = {
         "dataset": dataset,
         "algorithm": algorithm,
+        "secagg": secagg,
         "metric": metric,
         "rounds": len(history),
         "num_updates": num_updates,
