@@ -22,7 +22,7 @@ from fedplug.experiment import Experiment
 from fedplug.node import Node
 from fedplug.optimizer import Optimizer
 from fedplug.plugins import get_plugin_manager
-from fedplug.report import format_table, plot_history, results_rows
+from fedplug.report import format_table, results_rows, write_outputs
 
 TAGS = ["breast-cancer"]
 W1_SIZES = (181, 189, 199)
@@ -201,16 +201,8 @@ def run_demo(
         "seconds": round(seconds, 3),
     }
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(
-        json.dumps({"summary": summary, "history": history}, indent=2)
-    )
-    exp.save_model(out / "model.npz")
-    curve = plot_history(
-        history,
-        out / "learning_curve.png",
-        "accuracy",
-        f"fedplug demo: {plan_name}, {algorithm}, {nodes} hospitals",
+    curve = write_outputs(
+        out, summary, exp, "accuracy", f"fedplug demo: {plan_name}, {algorithm}, {nodes} hospitals"
     )
     if as_json:
         print(json.dumps(summary))

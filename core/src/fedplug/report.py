@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,23 @@ def plot_history(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_outputs(
+    out: str | Path,
+    summary: dict[str, Any],
+    experiment: Any,
+    metric: str,
+    title: str,
+    average: str = "global",
+) -> Path | None:
+    """Write a demo's ``results.json`` (summary and history), ``model.npz`` and
+    ``learning_curve.png`` under ``out``; return the curve's path (None without matplotlib)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    history = experiment.history
+    (out / "results.json").write_text(
+        json.dumps({"summary": summary, "history": history}, indent=2)
+    )
+    experiment.save_model(out / "model.npz")
+    return plot_history(history, out / "learning_curve.png", metric, title, average=average)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedplug.report import format_table, plot_history, results_rows
+from fedplug.report import format_table, results_rows, write_outputs
 from fedplug_flamby.experiment import flamby_experiment, flamby_results
 
 
@@ -55,17 +55,8 @@ def run_flamby_demo(
         "seconds": round(seconds, 3),
     }
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(
-        json.dumps({"summary": summary, "history": history}, indent=2)
-    )
-    exp.save_model(out / "model.npz")
-    curve = plot_history(
-        history,
-        out / "learning_curve.png",
-        metric,
-        f"fedplug demo: FLamby {dataset}, {algorithm}",
-        average="mean",
+    curve = write_outputs(
+        out, summary, exp, metric, f"fedplug demo: FLamby {dataset}, {algorithm}", average="mean"
     )
     if as_json:
         print(json.dumps(summary))
