@@ -88,7 +88,8 @@ class SecAggConfig:
 
     def max_samples(self) -> int:
         """The largest total sample count whose weighted sum cannot overflow 64-bit fixed point."""
-        return int(2.0**63 / (self.clip * 2.0**self.precision_bits)) - 1
+        step = max(1, math.ceil(self.clip * 2.0**self.precision_bits))
+        return (2**63 - 1) // step
 
 
 def _bytes(array: Any, what: str) -> bytes:
@@ -179,6 +180,7 @@ class MaskingNode(SecAggNode):
         self._b = os.urandom(crypto.KEY_BYTES)
         self._received, self._peer_s, self._peer_c = {}, {}, {}
         self._masked_round = None
+        self._revealed = None  # new keys: a retried round may be unmasked again
         return SecAggData(
             SCHEME, "keys", {"round": round_index}, {"c_pk": _u8(c_pk), "s_pk": _u8(s_pk)}
         )
@@ -225,6 +227,11 @@ class MaskingNode(SecAggNode):
         peers = _names(context.values, "participants")
         if self.node not in peers or not set(peers) <= set(self.participants):
             raise SecAggError(f"the round's participants {peers} do not match its key exchange")
+        if len(peers) < self.threshold:
+            raise SecAggError(
+                f"only {len(peers)} nodes take part in the round, below the threshold "
+                f"{self.threshold}; refusing to send a masked update"
+            )
         clip = context.values.get("clip")
         bits = context.values.get("precision_bits")
         config = SecAggConfig(clip=clip, precision_bits=bits)
