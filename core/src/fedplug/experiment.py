@@ -412,6 +412,8 @@ class Experiment:
         if self.secagg is not None:
             aggregated = self.secagg.result(index, self._secagg_exchange(index))
             _check_params(aggregated, self._global, "secure aggregation")
+            for node, reason in self.secagg.failures.items():
+                failures.setdefault(node, f"secure aggregation: {reason}")
         else:
             aggregated = self.aggregator.result()
         optimizer_state = self.agg_optimizer.get_state() if self.agg_optimizer else None
@@ -592,7 +594,8 @@ class Experiment:
         replies, failures = self._collect(payload, index, msg.TrainReply, fold, nodes=nodes)
         for node in self.nodes:
             if node not in nodes:
-                failures.setdefault(node, "did not complete the secure-aggregation set-up")
+                reason = self.secagg.failures.get(node, "no reason given")
+                failures.setdefault(node, f"dropped out of the secure-aggregation set-up: {reason}")
         return replies, failures, aux_sum
 
     def _received_aux_vars(

@@ -58,6 +58,8 @@ class SecAggScheme:
 
     def __init__(self, config: Any = None) -> None:
         self.config = config
+        #: why nodes dropped out of the current round's secure-aggregation steps (node -> reason)
+        self.failures: dict[str, str] = {}
 
     @classmethod
     def node_side(cls, node: str, experiment_id: str) -> SecAggNode:

@@ -35,6 +35,7 @@ from fedplug.secagg import Exchange, SecAggNode, SecAggScheme
 from fedplug_secagg import crypto
 
 SCHEME = "masking"
+_MIN_SAMPLES = 2**16  # settings must leave room for at least this many training samples
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,11 @@ class SecAggConfig:
         bits = self.precision_bits
         if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= 52:
             raise ConfigError(f"precision_bits must be an int in [0, 52], got {bits!r}")
-        if self.clip * 2.0**bits >= 2.0**62:
+        if self.max_samples() < _MIN_SAMPLES:
             raise ConfigError(
                 f"clip={self.clip} with precision_bits={bits} leaves no room for sample weights "
-                "in 64-bit fixed point; lower one of them"
+                f"in 64-bit fixed point: at most {self.max_samples()} training samples in all "
+                f"(at least {_MIN_SAMPLES} needed); lower one of them"
             )
         t = self.threshold
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 2):
@@ -342,8 +344,9 @@ class MaskingScheme(SecAggScheme):
             raise ConfigError(f"the masking scheme takes a SecAggConfig, got {config!r}")
         super().__init__(config)
         self.config: SecAggConfig = config
-        #: bytes sent and received by the scheme's own steps in the last round (for benchmarks)
-        self.last_round_bytes = 0
+        self.participants: list[str] = []  # of the current round, once begin_round ran
+        self.threshold: int | None = None
+        self.dropped: list[str] = []  # nodes whose masks the last result() removed
 
     @classmethod
     def node_side(cls, node: str, experiment_id: str) -> MaskingNode:
@@ -358,6 +361,7 @@ class MaskingScheme(SecAggScheme):
         exchange: Exchange,
     ) -> tuple[list[str], SecAggData]:
         self.experiment_id, self.round = experiment_id, round_index
+        self.failures = {}
         self.spec = dict(sorted(spec.items()))
         self.size = sum(math.prod(shape) for shape, _ in self.spec.values())
         participants = sorted(nodes)
@@ -404,7 +408,7 @@ class MaskingScheme(SecAggScheme):
                 if blob is None:
                     raise SecAggError(f"node {sender!r} sent no share for {recipient!r}")
                 arrays[f"share:{sender}:{recipient}"] = np.asarray(blob)
-        self.failures = failures
+        self.failures.update(failures)
         self._total = np.zeros(self.size, dtype=np.uint64)
         self._samples: dict[str, int] = {}
         context = SecAggData(
@@ -451,7 +455,7 @@ class MaskingScheme(SecAggScheme):
                 f"update, below the recovery threshold {self.threshold}; the round fails and the "
                 f"global model is unchanged (dropped: {dropped})"
             )
-        answers, _ = exchange(
+        answers, failed = exchange(
             SecAggData(
                 SCHEME,
                 "unmask",
@@ -459,9 +463,11 @@ class MaskingScheme(SecAggScheme):
             ),
             survivors,
         )
+        self.failures.update(failed)
         if len(answers) < self.threshold:
             raise SecAggError(
-                f"only {len(answers)} nodes answered the unmasking, below the threshold "
+                f"only {len(answers)} of {len(survivors)} surviving nodes answered the unmasking "
+                f"({failed}), below the threshold "
                 f"{self.threshold}; the round fails and the global model is unchanged"
             )
         xs = {name: i + 1 for i, name in enumerate(self.participants)}

@@ -35,7 +35,7 @@ def fedplug_validate_experiment(config: Any) -> None:
             continue
         for aux_name, module in optimizer.aux_modules.items():
             raise SecAggError(
-                f"secure aggregation cannot be used with the {side} optimizer module {module!r}: "
+                f"secure aggregation cannot be used with optimizer module {module!r} on the {side}: "
                 f"it exchanges auxiliary variables ({aux_name!r}) that would reach the researcher "
                 "unmasked, one per node. Either turn secure aggregation off (secagg=False), or "
                 "use an optimizer without auxiliary variables (e.g. FedAvg, FedProx, FedAdam "
