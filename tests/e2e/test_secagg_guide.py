@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,77 +23,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "secagg.md"
 BENCH = ROOT / "bench" / "secagg.py"
-DOUBLE = ROOT / "tests" / "flamby_double"
-FENCE = re.compile(r"^```(\S*)\s*$")
-# output lines that change from run to run: timings and the demo's output paths
-VOLATILE = re.compile(r" in \d+\.\d+ s; results in |^learning curve: ")
 
+# what the guide tests share, by path (see guide_support's docstring)
+_spec = importlib.util.spec_from_file_location(
+    "guide_support_for_secagg_guide", Path(__file__).with_name("guide_support.py")
+)
+guide = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(guide)
 
-def _load(name: str, path: Path):
-    # by path: neither the double nor bench/ land on this process's sys.path
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SUPPORT = _load("flamby_double_support_for_secagg_guide", DOUBLE / "flamby_double_support.py")
-STATE_FILES = [SUPPORT.license_file("fed_tcga_brca")]
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p) != DOUBLE]
-    env["PYTHONPATH"] = os.pathsep.join([str(DOUBLE), *paths])
-    return env
-
-
-@dataclass
-class Block:
-    lang: str
-    heading: str
-    code: str
-    expected: str | None  # python blocks: the ```text block that directly follows, if any
-
-
-def parse_blocks(text: str) -> list[Block]:
-    """The guide's fenced blocks, each with the heading above it (python ones with their output)."""
-    fenced: list[tuple[str, str, str, int, int]] = []
-    heading = "intro"
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        match = FENCE.match(lines[i])
-        if match is None:
-            if lines[i].startswith("#"):
-                heading = lines[i].lstrip("#").strip()
-            i += 1
-            continue
-        start, body = i, []
-        i += 1
-        while i < len(lines) and lines[i].rstrip() != "```":
-            body.append(lines[i])
-            i += 1
-        assert i < len(lines), f"unclosed fence opened at line {start + 1} of {GUIDE.name}"
-        fenced.append((match.group(1), heading, "\n".join(body) + "\n", start, i))
-        i += 1
-    blocks = []
-    for index, (lang, heading, body, _, end) in enumerate(fenced):
-        expected = None
-        if lang == "python" and index + 1 < len(fenced):
-            next_lang, _, next_body, next_start, _ = fenced[index + 1]
-            if next_lang == "text" and not any(s.strip() for s in lines[end + 1 : next_start]):
-                expected = next_body
-        blocks.append(Block(lang, heading, body, expected))
-    return blocks
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
+STATE_FILES = [guide.SUPPORT.license_file("fed_tcga_brca")]
 
 TEXT = GUIDE.read_text()
-BLOCKS = parse_blocks(TEXT)
+BLOCKS = guide.parse_blocks(TEXT, GUIDE.name)
 PYTHON = [block for block in BLOCKS if block.lang == "python"]
 DEMOS = [
     block
@@ -103,64 +42,12 @@ DEMOS = [
     if block.lang == "console" and block.code.startswith("$ fedplug demo --secagg")
 ]
 
-# Runs the guide's python blocks one after the other: argv = blocks.json, work folder,
-# results.json, FLamby state files (JSON)
-RUNNER = r"""
-import contextlib, io, json, os, runpy, sys, traceback
-from pathlib import Path
-
-blocks = json.loads(Path(sys.argv[1]).read_text())
-work = Path(sys.argv[2])
-state = [Path(p) for p in json.loads(sys.argv[4])]
-from fedplug.node import local_nodes
-
-results = []
-for i, code in enumerate(blocks):
-    for path in state:  # a new FLamby installation: no licence accepted
-        if path.exists():
-            path.unlink()
-    folder = work / f"block{i}"
-    folder.mkdir()
-    os.chdir(folder)
-    script = folder / "example.py"
-    script.write_text(code)
-    out = io.StringIO()
-    error = None
-    with contextlib.redirect_stdout(out):
-        try:
-            runpy.run_path(str(script), run_name="__main__")
-        except BaseException:
-            error = traceback.format_exc()
-    for node in local_nodes():
-        node.stop()
-    results.append({"stdout": out.getvalue(), "error": error})
-Path(sys.argv[3]).write_text(json.dumps(results))
-"""
-
 
 @pytest.fixture(scope="module")
 def block_results(tmp_path_factory):
     """What each python block printed (or its traceback), from one child process."""
     work = tmp_path_factory.mktemp("secagg-guide")
-    blocks_file, results_file = work / "blocks.json", work / "results.json"
-    blocks_file.write_text(json.dumps([block.code for block in PYTHON]))
-    state = json.dumps([str(path) for path in STATE_FILES])
-    command = [sys.executable, "-c", RUNNER, str(blocks_file), str(work), str(results_file), state]
-    with SUPPORT.stashed(*STATE_FILES):
-        result = subprocess.run(
-            command, cwd=work, env=child_env(), capture_output=True, text=True, timeout=300
-        )
-    assert result.returncode == 0, f"the block runner failed:\n{result.stderr}"
-    return json.loads(results_file.read_text())
-
-
-def missing_lines(expected: str, printed: str) -> list[str]:
-    lines = {line.rstrip() for line in printed.splitlines()}
-    return [
-        line
-        for line in expected.splitlines()
-        if line.strip() and not VOLATILE.search(line) and line.rstrip() not in lines
-    ]
+    return guide.run_python_blocks(PYTHON, work, STATE_FILES)
 
 
 def test_the_guide_has_its_examples():
@@ -170,24 +57,13 @@ def test_the_guide_has_its_examples():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "index", range(len(PYTHON)), ids=[f"{i}-{slug(b.heading)}" for i, b in enumerate(PYTHON)]
-)
+@pytest.mark.parametrize("index", range(len(PYTHON)), ids=guide.block_ids(PYTHON))
 def test_python_block_runs_and_prints_what_the_guide_shows(index, block_results):
-    block, result = PYTHON[index], block_results[index]
-    assert result["error"] is None, (
-        f"block under '{block.heading}' failed:\n{result['error']}\nstdout:\n{result['stdout']}"
-    )
-    if block.expected is not None:
-        missing = missing_lines(block.expected, result["stdout"])
-        assert not missing, (
-            f"the output shown under the block in '{block.heading}' differs from what it prints;"
-            f"\nnot printed: {missing}\nprinted:\n{result['stdout']}"
-        )
+    guide.check_block_result(PYTHON[index], block_results[index])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", DEMOS, ids=[slug(b.code.splitlines()[0]) for b in DEMOS])
+@pytest.mark.parametrize("block", DEMOS, ids=[guide.slug(b.code.splitlines()[0]) for b in DEMOS])
 def test_demo_command_prints_what_the_guide_shows(block, tmp_path):
     command_line = block.code.splitlines()[0].removeprefix("$ ")
     argv = shlex.split(command_line)
@@ -200,7 +76,7 @@ def test_demo_command_prints_what_the_guide_shows(block, tmp_path):
     expected = "\n".join(block.code.splitlines()[1:])
     refused = expected.startswith("fedplug: error:")
     assert result.returncode == (2 if refused else 0), printed
-    missing = missing_lines(expected, printed)
+    missing = guide.missing_lines(expected, printed)
     assert not missing, f"not printed: {missing}\nprinted:\n{printed}"
     if refused:
         assert not (tmp_path / "out").exists()  # refused before any round
@@ -222,7 +98,7 @@ def section(title: str) -> str:
 
 
 def test_the_benchmark_section_has_every_case_and_fedbiomeds_figure():
-    bench = _load("secagg_bench_for_guide", BENCH)
+    bench = guide.load("secagg_bench_for_guide", BENCH)
     body = section("Benchmark")
     assert bench.FEDBIOMED in body
     for size in bench.SIZES:
