@@ -1,16 +1,14 @@
 """docs/optimization.md runs as written: every ```python block is a complete script, the ```text
 block right under one shows lines it prints, and the algorithm table covers the demo's algorithms."""
 
-import re
+import importlib.util
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "optimization.md"
-FENCE = re.compile(r"^```(\S*)\s*$")
 
 # demo name -> the algorithm's name in the guide's table
 ALGORITHM_NAMES = {
@@ -24,55 +22,15 @@ ALGORITHM_NAMES = {
 }
 
 
-@dataclass
-class Block:
-    heading: str
-    code: str
-    expected: str | None  # the ```text block that directly follows, if any
+# what the guide tests share, by path (see guide_support's docstring)
+_spec = importlib.util.spec_from_file_location(
+    "guide_support_for_optimization_guide", Path(__file__).with_name("guide_support.py")
+)
+guide = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(guide)
 
 
-def parse_blocks(text: str) -> list[Block]:
-    """The guide's ```python blocks, each with the heading above it and its output block."""
-    fenced: list[tuple[str, str, str, int, int]] = []  # (lang, heading, body, start, end line)
-    heading = "intro"
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        match = FENCE.match(line)
-        if match is None:
-            if line.startswith("#"):
-                heading = line.lstrip("#").strip()
-            i += 1
-            continue
-        start = i
-        body = []
-        i += 1
-        while i < len(lines) and lines[i].rstrip() != "```":
-            body.append(lines[i])
-            i += 1
-        assert i < len(lines), f"unclosed fence opened at line {start + 1} of {GUIDE.name}"
-        fenced.append((match.group(1), heading, "\n".join(body) + "\n", start, i))
-        i += 1
-    blocks = []
-    for index, (lang, heading, body, _, end) in enumerate(fenced):
-        if lang != "python":
-            continue
-        expected = None
-        if index + 1 < len(fenced):
-            next_lang, _, next_body, next_start, _ = fenced[index + 1]
-            between = lines[end + 1 : next_start]
-            if next_lang == "text" and all(not line.strip() for line in between):
-                expected = next_body
-        blocks.append(Block(heading, body, expected))
-    return blocks
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-BLOCKS = parse_blocks(GUIDE.read_text())
+BLOCKS = [b for b in guide.parse_blocks(GUIDE.read_text(), GUIDE.name) if b.lang == "python"]
 
 
 def test_the_guide_has_python_examples():
@@ -80,9 +38,7 @@ def test_the_guide_has_python_examples():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "block", BLOCKS, ids=[f"{i}-{slug(block.heading)}" for i, block in enumerate(BLOCKS)]
-)
+@pytest.mark.parametrize("block", BLOCKS, ids=guide.block_ids(BLOCKS))
 def test_python_block_runs(block, tmp_path):
     script = tmp_path / "example.py"
     script.write_text(block.code)
