@@ -14,7 +14,7 @@ STAMP := $(VENV)/.fedplug-installed
 $(STAMP): $(PYPROJECTS) constraints.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e "./core[plot]" $(foreach d,$(PLUGINS),-e ./$(d)) -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -e "./core[plot,grpc]" $(foreach d,$(PLUGINS),-e ./$(d)) -r requirements-dev.txt
 	touch $@
 
 demo: $(STAMP)

@@ -86,6 +86,24 @@ class Experiment:
         default nodes take turns in this process, the fastest on small machines.
     :param processes: run local nodes in worker processes (default: one per CPU core).
     :param progress: show a progress bar per round (default: when stderr is a terminal).
+    :param transport: ``"local"`` (nodes in this process or its worker processes, the default),
+        ``"grpc"`` (a server at ``server`` that node processes connect to, see
+        :class:`fedplug.transport.grpc.GrpcTransport`), or a transport object.
+    :param server: with ``transport="grpc"``: the address to listen on, ``host:port``.
+    :param tls: with ``transport="grpc"``: a certs directory (``fedplug certs init``; its
+        ``credentials.json`` lists the nodes' tokens) or ``(cert, key)`` PEM paths; None serves
+        plaintext on loopback only.
+    :param credentials: with ``transport="grpc"``: node tokens' digests (a dict, a certs directory
+        or a ``credentials.json``), when they are not in the ``tls`` directory.
+    :param wait_nodes: with ``transport="grpc"``: how many nodes with ``tags`` to wait for
+        (default ``min_nodes``), or their names.
+    :param wait_timeout: seconds to wait for them before a :class:`ConfigError` that lists the
+        connected nodes and their tags.
+    :param request_timeout: with ``transport="grpc"``: seconds a node may take to answer one
+        request; a node that disconnects or stops sending heartbeats fails at once anyway.
+    :param checkpoint_dir: save the experiment there after each round (atomically: the model,
+        the researcher-side optimizer's state, the history, the round index and the settings);
+        :meth:`load_checkpoint` resumes. The last ``keep_checkpoints`` are kept.
     :param secagg: secure aggregation: True (the ``masking`` scheme with its defaults), a
         registered scheme name, or a scheme's settings object (e.g.
         ``fedplug_secagg.SecAggConfig(...)``); the researcher then learns only the weighted
@@ -114,6 +132,15 @@ class Experiment:
         plugin_manager: FedplugPluginManager | None = None,
         experiment_id: str | None = None,
         secagg: bool | str | Any = False,
+        transport: str | Any = "local",
+        server: str = "0.0.0.0:50051",
+        tls: str | Path | tuple[str | Path, str | Path] | None = None,
+        credentials: dict[str, str] | str | Path | None = None,
+        wait_nodes: int | list[str] | None = None,
+        wait_timeout: float = 120.0,
+        request_timeout: float | None = None,
+        checkpoint_dir: str | Path | None = None,
+        keep_checkpoints: int = 2,
     ) -> None:
         self.pm = plugin_manager or get_plugin_manager()
         self.id = experiment_id or uuid.uuid4().hex
@@ -147,7 +174,64 @@ class Experiment:
         self.agg_optimizer = agg_optimizer
         self.secagg = self._resolve_secagg(secagg)
 
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.keep_checkpoints = _check_rounds("keep_checkpoints", keep_checkpoints)
+        self._transport_settings: dict[str, Any] = {"kind": "local"}
+        if transport == "grpc":
+            self._transport_settings = {
+                "kind": "grpc",
+                "server": server,
+                "tls": [str(p) for p in tls] if isinstance(tls, tuple) else tls and str(tls),
+                "credentials": str(credentials) if isinstance(credentials, (str, Path)) else None,
+                "wait_nodes": wait_nodes,
+                "wait_timeout": wait_timeout,
+                "request_timeout": request_timeout,
+            }
+            if nodes is not None:
+                raise ConfigError(
+                    "with transport='grpc', nodes connect to the server: give wait_nodes (a count "
+                    "or node names) instead of nodes"
+                )
+            nodes = self._grpc_transport(
+                server, tls, credentials, wait_nodes, wait_timeout, request_timeout
+            )
+        elif transport != "local":
+            if nodes is not None:
+                raise ConfigError("give either nodes or a transport object, not both")
+            nodes = transport
         self.transport = self._resolve_transport(nodes, workers, processes)
+        try:
+            self._configure(seed)
+        except BaseException:
+            self.transport.close()
+            raise
+
+    def _grpc_transport(
+        self,
+        server: str,
+        tls: Any,
+        credentials: Any,
+        wait_nodes: int | list[str] | None,
+        wait_timeout: float,
+        request_timeout: float | None,
+    ) -> Any:
+        from fedplug.transport.grpc import GrpcTransport
+
+        transport = GrpcTransport(
+            server, tls=tls, credentials=credentials, request_timeout=request_timeout
+        )
+        try:
+            if isinstance(wait_nodes, (list, tuple)):
+                transport.wait_for_nodes(self.tags, names=wait_nodes, timeout=wait_timeout)
+            else:
+                count = wait_nodes if wait_nodes is not None else self.min_nodes
+                transport.wait_for_nodes(self.tags, count=count, timeout=wait_timeout)
+        except BaseException:
+            transport.close()
+            raise
+        return transport
+
+    def _configure(self, seed: int | None) -> None:
         self.nodes = self._select_nodes()
 
         self.plan_class.init_seed(seed)
@@ -457,13 +541,13 @@ class Experiment:
 
     def _request(
         self, cls: type, index: int, params: Params, secagg: msg.SecAggData | None = None
-    ) -> bytes:
+    ) -> list[Any]:
         extra: dict[str, Any] = {}
         if cls is msg.TrainRequest and self.agg_optimizer and self.agg_optimizer.aux_modules:
             extra["aux_vars"] = pack_aux_vars(self.agg_optimizer.collect_aux_var())
         if secagg is not None:
             extra["secagg"] = secagg
-        return msg.encode(
+        return msg.encode_parts(  # the arrays travel from the global model's memory
             cls(
                 experiment_id=self.id,
                 round_index=index,
@@ -478,7 +562,7 @@ class Experiment:
 
     def _collect(
         self,
-        payload: bytes,
+        payload: bytes | list[Any],
         index: int,
         expected: type,
         on_reply: Any,
@@ -511,6 +595,8 @@ class Experiment:
                     if isinstance(reply, msg.ErrorReply):
                         raise NodeError(node, f"{reply.error}: {reply.message}")
                     on_reply(node, reply)
+                    if isinstance(reply, msg.TrainReply):  # folded: let its memory go
+                        reply.params, reply.aux_vars, reply.secagg = {}, {}, None
                     replies[node] = reply
                 except FedplugError as exc:
                     text = (

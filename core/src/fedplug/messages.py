@@ -256,6 +256,13 @@ class _Encoder:
 
 def encode(message: Message) -> bytes:
     """Encode a message dataclass to bytes."""
+    return b"".join(encode_parts(message))
+
+
+def encode_parts(message: Message) -> list[Any]:
+    """The bytes of :func:`encode` as a list of buffers, not joined: the frame's prefix and
+    header, then each array's memory (views, not copies). A transport that sends in chunks
+    sends a large model without one more copy of it; the arrays must not change meanwhile."""
     cls = type(message)
     if MESSAGE_TYPES.get(cls.__name__) is not cls:
         raise MessageError(f"cannot encode {cls.__name__}: not a fedplug message type")
@@ -270,7 +277,7 @@ def encode(message: Message) -> bytes:
         )
     except (TypeError, ValueError, OverflowError) as exc:
         raise MessageError(f"cannot encode {cls.__name__}: {exc}") from exc
-    return frame(header, *encoder.blobs)
+    return [struct.pack("<I", len(header)) + header, *encoder.blobs]
 
 
 def frame(header: bytes, *blobs: Any) -> bytes:

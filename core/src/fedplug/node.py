@@ -23,7 +23,7 @@ from fedplug.datasets import Dataset
 from fedplug.errors import ConfigError, FedplugError, NodeError, PlanError, SecAggError, describe
 from fedplug.optimizer import Optimizer, pack_aux_vars
 from fedplug.plan import TrainingArgs, TrainingPlan, params_spec
-from fedplug.planref import load_plan_class
+from fedplug.planref import load_plan_class, source_hash
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
 from fedplug.secagg import SecAggNode
 
@@ -57,6 +57,13 @@ class Node:
     :param max_sessions: experiments whose state the node keeps at once (oldest dropped first).
     :param require_secagg: refuse to train for an experiment without secure aggregation (the
         node's update would reach the researcher in clear).
+    :param limits: what a request may ask for (``fedplug.nodeconfig.NodeLimits``: max epochs,
+        updates and batch size, the plugins whose registered plans may run); None: no limits.
+    :param plan_store: where approvals live (``fedplug.nodestore.NodeStore``): read on every
+        request, so an approval made with ``fedplug node plan approve`` applies at once, and a
+        plan that arrives unapproved is recorded there for the administrator to review.
+    :param approve_hint: how the refusal of an unapproved plan tells the administrator to approve
+        it; ``{sha256}`` is replaced by the plan's hash.
     """
 
     def __init__(
@@ -69,6 +76,9 @@ class Node:
         plugin_manager: FedplugPluginManager | None = None,
         max_sessions: int = 8,
         require_secagg: bool = False,
+        limits: Any = None,
+        plan_store: Any = None,
+        approve_hint: str = "node.approve_plan({sha256!r})",
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a node name must be a non-empty string, got {name!r}")
@@ -81,6 +91,9 @@ class Node:
         self.pm = plugin_manager or get_plugin_manager()
         self.max_sessions = max_sessions
         self.require_secagg = require_secagg
+        self.limits = limits
+        self.plan_store = plan_store
+        self.approve_hint = approve_hint
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._secagg: OrderedDict[str, SecAggNode] = OrderedDict()
         self._plan_classes: dict[str, type[TrainingPlan]] = {}
@@ -164,22 +177,73 @@ class Node:
 
     def _plan_class(self, ref: msg.PlanRef) -> type[TrainingPlan]:
         key = ref.name or ref.sha256 or ""
+        if ref.name is None and self.approval:
+            self._check_approved(ref)  # on every request: a plan may be rejected meanwhile
         if key not in self._plan_classes:
-            if ref.name is None and self.approval and ref.sha256 not in self.approved_plans:
-                raise NodeError(
-                    self.name,
-                    f"training plan {ref.class_name} (sha256 {ref.sha256}) is not approved on "
-                    f"this node; its code was not run. The node's administrator approves it "
-                    f"with node.approve_plan({ref.sha256!r})",
-                )
             self._plan_classes[key] = load_plan_class(ref, self.pm.training_plans)
         return self._plan_classes[key]
+
+    def _check_approved(self, ref: msg.PlanRef) -> None:
+        """Refuse shipped source whose hash the administrator has not approved; never run it."""
+        if not ref.source or not ref.sha256 or source_hash(ref.source) != ref.sha256:
+            raise PlanError(
+                f"plan {ref.class_name}: its source does not match its hash {ref.sha256}; "
+                "refusing to run it"
+            )
+        status = "approved" if ref.sha256 in self.approved_plans else "pending"
+        if self.plan_store is not None and status != "approved":
+            status = self.plan_store.record_plan(ref.sha256, ref.class_name, ref.source)
+        if status == "approved":
+            return
+        if status == "rejected":
+            raise NodeError(
+                self.name,
+                f"training plan {ref.class_name} (sha256 {ref.sha256}) was rejected by this "
+                "node's administrator; its code was not run",
+            )
+        raise NodeError(
+            self.name,
+            f"training plan {ref.class_name} (sha256 {ref.sha256}) is not approved on this node; "
+            "its code was not run. The node's administrator reviews and approves it with: "
+            + self.approve_hint.format(sha256=ref.sha256),
+        )
+
+    def _check_limits(self, request: msg.TrainRequest | msg.EvaluateRequest) -> None:
+        """Refuse requests beyond what this node's administrator allows."""
+        limits = self.limits
+        if limits is None:
+            return
+        args = request.training_args
+        for key, limit in (
+            ("epochs", limits.max_epochs),
+            ("num_updates", limits.max_updates),
+            ("batch_size", limits.max_batch_size),
+        ):
+            value = args.get(key)
+            if limit is not None and isinstance(value, (int, float)) and value > limit:
+                setting = "max_updates" if key == "num_updates" else f"max_{key}"
+                raise NodeError(
+                    self.name,
+                    f"training argument {key}={value} exceeds this node's limit of {limit} "
+                    f"([limits] {setting} in its node configuration)",
+                )
+        if limits.allowed_plugins is not None and request.plan.name is not None:
+            owner = self.pm.training_plans.owner(request.plan.name)
+            if owner not in limits.allowed_plugins:
+                raise NodeError(
+                    self.name,
+                    f"training plan {request.plan.name!r} comes from plugin {owner!r}, which this "
+                    f"node does not allow (allowed_plugins = {list(limits.allowed_plugins)})",
+                )
 
     def _session(self, request: msg.TrainRequest | msg.EvaluateRequest) -> _Session:
         session = self._sessions.get(request.experiment_id)
         if session is not None:
+            if request.plan.name is None and self.approval:
+                self._check_approved(request.plan)  # the approval may be withdrawn meanwhile
             self._sessions.move_to_end(request.experiment_id)
             return session
+        self._check_limits(request)
         args = TrainingArgs.from_dict(request.training_args)
         plan_cls = self._plan_class(request.plan)
         dataset = self.find_dataset(request.tags)

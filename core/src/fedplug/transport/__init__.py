@@ -2,13 +2,15 @@
 
 A transport knows which nodes exist and what tags their datasets carry, and delivers one request
 payload to several nodes, yielding replies one at a time (so that the researcher folds them in
-without holding them all). ``local`` keeps nodes on this machine (threads or worker processes).
+without holding them all). ``local`` keeps nodes on this machine (threads or worker
+processes); ``grpc`` serves nodes that connect from other processes or machines
+(:mod:`fedplug.transport.grpc`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Transport(Protocol):
@@ -16,12 +18,13 @@ class Transport(Protocol):
         """Every reachable node and the tags of each of its datasets."""
 
     def dispatch(
-        self, payload: bytes, nodes: list[str]
-    ) -> Iterator[tuple[str, bytes | BaseException]]:
-        """Send ``payload`` to ``nodes``; yield ``(node, reply bytes or the failure)`` per node.
+        self, payload: bytes | list[Any], nodes: list[str]
+    ) -> Iterator[tuple[str, bytes | memoryview | BaseException]]:
+        """Send ``payload`` (message bytes, or their parts from ``messages.encode_parts``) to
+        ``nodes``; yield ``(node, reply bytes or the failure)`` per node.
 
-        Replies are yielded as they become available; the local transport keeps request order so
-        that aggregation is reproducible.
+        Both transports yield replies in ``nodes`` order, so that aggregation sums in the same
+        order every run. A reply's memory may be reused once the caller asks for the next one.
         """
 
     def close(self) -> None:

@@ -66,6 +66,8 @@ class LocalTransport:
     def dispatch(
         self, payload: bytes, nodes: list[str]
     ) -> Iterator[tuple[str, bytes | BaseException]]:
+        if not isinstance(payload, bytes):  # a message's parts (messages.encode_parts)
+            payload = b"".join(payload)
         unknown = [name for name in nodes if name not in self.nodes]
         if unknown:
             raise ConfigError(

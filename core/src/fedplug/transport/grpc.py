@@ -1,0 +1,947 @@
+"""The gRPC transport: the researcher runs a server, hospital nodes connect out to it.
+
+Hospital networks allow outbound connections only, so each node opens one long-lived
+bidirectional stream (``/fedplug.v1.Federation/Connect``) and the researcher sends tasks down
+it. The stream carries *frames*, raw bytes without protobuf::
+
+    u8 kind | body
+
+Control frames (HELLO, WELCOME, TASK, READY, GRANT, CANCEL, REFUSED, HEARTBEAT) carry a small
+msgpack map. DATA frames carry ``u64 task | u64 offset | bytes``. A message (the bytes of
+:mod:`fedplug.messages`) crosses as an announcement of its size, then DATA frames of at most
+``chunk_bytes`` covering it in order; the receiver copies them into one buffer allocated at the
+announced size and decodes the message from it, so the arrays are views of that buffer. No
+message limit applies but the receiver's own (``max_reply_bytes``, a node's ``max_message_mb``).
+
+- Researcher to node: ``TASK {task, size}`` then DATA. The payload is sent from the global
+  model's own memory (:func:`fedplug.messages.encode_parts`), to every node, without a copy.
+- Node to researcher: ``READY {task, size}`` when the reply is ready; the researcher answers
+  ``GRANT`` when it has room for it, then the node sends DATA. Replies are handed to the
+  aggregator in the order of the request's node list (the same sum, bit for bit, every run) and
+  one at a time; replies that arrive early are held while they fit in ``early_reply_bytes``,
+  otherwise they wait on their node. Researcher memory is thus O(model), whatever the number of
+  nodes.
+- Liveness: both sides send HEARTBEAT frames every ``heartbeat_s`` (the researcher sets it for
+  all); a node silent for ``heartbeat_timeout`` is dropped and its task fails, and gRPC keepalive
+  pings detect dead connections underneath. ``request_timeout`` bounds each request.
+- Trust: TLS with the researcher's certificate, which nodes verify against the CA they were given
+  (``fedplug certs``); each node presents its own token, and an unknown token is refused before
+  anything else is read.
+
+A misbehaving node (garbage frames, data it was not granted, more bytes than announced) is
+disconnected with a status that names the problem; its task fails and the experiment's
+``on_node_failure`` policy decides the round. Nodes reconnect with back-off, so a researcher that
+restarts (from a checkpoint) finds them again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import os
+import queue
+import signal
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from fedplug import messages as msg
+from fedplug.errors import ConfigError, FedplugError, NodeError
+
+log = logging.getLogger("fedplug.grpc")
+
+METHOD = "/fedplug.v1.Federation/Connect"
+CHUNK_BYTES = 4 << 20  # measured by bench/transport.py: larger chunks gain nothing on loopback
+_FRAME_SLACK = 64 << 10  # room for a frame's header above its chunk
+HELLO, WELCOME, TASK, DATA, READY, GRANT, CANCEL, REFUSED, HEARTBEAT = range(1, 10)
+_KIND_NAMES = {
+    HELLO: "HELLO",
+    WELCOME: "WELCOME",
+    TASK: "TASK",
+    DATA: "DATA",
+    READY: "READY",
+    GRANT: "GRANT",
+    CANCEL: "CANCEL",
+    REFUSED: "REFUSED",
+    HEARTBEAT: "HEARTBEAT",
+}
+_DATA_HEAD = struct.Struct("<BQQ")
+_TOKEN_HEADER = "authorization"
+
+
+class ProtocolError(FedplugError):
+    """A peer sent frames that break the transport's protocol."""
+
+
+def control(kind: int, body: dict[str, Any]) -> bytes:
+    return bytes([kind]) + msgpack.packb(body, use_bin_type=True)
+
+
+def parse_control(frame: bytes, kind: int, fields: dict[str, type]) -> dict[str, Any]:
+    """The msgpack body of a control frame, checked against ``fields`` (name -> type)."""
+    try:
+        body = msgpack.unpackb(frame[1:], raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises many types on garbage
+        raise ProtocolError(f"malformed {_KIND_NAMES[kind]} frame: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"malformed {_KIND_NAMES[kind]} frame: not a map")
+    for name, typ in fields.items():
+        value = body.get(name)
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise ProtocolError(
+                f"{_KIND_NAMES[kind]} frame: field {name!r} must be {typ.__name__}, got {value!r:.60}"
+            )
+    return body
+
+
+def frame_kind(frame: Any) -> int:
+    if not isinstance(frame, bytes) or not frame:
+        raise ProtocolError("empty or non-bytes frame")
+    kind = frame[0]
+    if kind not in _KIND_NAMES:
+        raise ProtocolError(f"unknown frame kind {kind}")
+    return kind
+
+
+def data_frames(
+    task: int, parts: Iterable[Any], chunk: int, cancelled: Any = None
+) -> Iterator[bytes]:
+    """DATA frames covering ``parts`` in order; stops early once ``cancelled()`` is true."""
+    offset = 0
+    for part in parts:
+        view = memoryview(part).cast("B") if not isinstance(part, bytes) else memoryview(part)
+        for start in range(0, len(view), chunk):
+            if cancelled is not None and cancelled():
+                return
+            piece = view[start : start + chunk]
+            yield b"".join((_DATA_HEAD.pack(DATA, task, offset), piece))
+            offset += len(piece)
+
+
+class Receiver:
+    """One message arriving in DATA frames, copied into a buffer allocated at its full size."""
+
+    def __init__(self, task: int, size: int) -> None:
+        self.task, self.size, self.received = task, size, 0
+        self.buffer = np.empty(size, dtype=np.uint8)
+
+    def add(self, frame: bytes) -> bool:
+        """Copy one DATA frame in; True when the message is complete."""
+        if len(frame) < _DATA_HEAD.size:
+            raise ProtocolError(f"DATA frame of {len(frame)} bytes is shorter than its header")
+        _, task, offset = _DATA_HEAD.unpack_from(frame)
+        n = len(frame) - _DATA_HEAD.size
+        if task != self.task or offset != self.received or self.received + n > self.size:
+            raise ProtocolError(
+                f"DATA frame for task {task} at offset {offset} (+{n} bytes) does not continue "
+                f"task {self.task} ({self.received} of {self.size} bytes received)"
+            )
+        self.buffer[offset : offset + n] = np.frombuffer(frame, np.uint8, n, _DATA_HEAD.size)
+        self.received += n
+        return self.received == self.size
+
+    def message(self) -> memoryview:
+        return memoryview(self.buffer)
+
+
+def channel_options(chunk: int) -> list[tuple[str, int]]:
+    limit = chunk + _FRAME_SLACK
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- researcher side ----------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Task:
+    id: int
+    node: str
+    conn: _Conn | None
+    started: float = field(default_factory=time.monotonic)
+    state: str = "sending"  # sending -> running -> ready -> receiving -> done | failed
+    size: int = 0
+    receiver: Receiver | None = None
+    error: str = ""
+
+    def fail(self, reason: str) -> None:
+        if self.state not in ("done", "failed"):
+            self.state, self.error, self.receiver = "failed", reason, None
+
+
+@dataclass(eq=False)
+class _Conn:
+    name: str
+    tags: list[list[str]]
+    peer: str
+    outbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    last_seen: float = field(default_factory=time.monotonic)
+    connected: float = field(default_factory=time.time)
+    alive: bool = True
+    task: _Task | None = None
+    cancelled: set[int] = field(default_factory=set)
+
+
+class GrpcTransport:
+    """The researcher's gRPC server, and the transport an :class:`~fedplug.Experiment` uses.
+
+    :param address: where to listen, ``host:port``; port 0 picks a free port (see :attr:`port`).
+    :param tls: a certs directory made by ``fedplug certs init`` (``server.pem``/``server.key``;
+        its ``credentials.json`` lists the nodes), or a ``(cert, key)`` pair of PEM file paths
+        the operator provides. None serves plaintext, allowed on loopback addresses only.
+    :param credentials: node name -> SHA-256 of its token, or a certs directory or
+        ``credentials.json`` path; by default the ``tls`` directory's. With neither TLS nor
+        credentials (loopback only), any node may connect.
+    :param heartbeat_s: how often both sides send a heartbeat; a node silent for
+        ``heartbeat_timeout`` (default ``3 * heartbeat_s + 2``) is dropped.
+    :param request_timeout: seconds a node may take to answer one request (None: no limit, a
+        dropped node is still detected by heartbeats).
+    :param max_reply_bytes: largest reply accepted (default: twice the request, at least 64 MiB).
+    :param early_reply_bytes: memory for replies that arrive before their turn to be aggregated.
+    :param max_nodes: connections served at once.
+    :param chunk_bytes: size of the DATA frames this side sends.
+    """
+
+    def __init__(
+        self,
+        address: str = "0.0.0.0:50051",
+        *,
+        tls: str | Path | tuple[str | Path, str | Path] | None = None,
+        credentials: dict[str, str] | str | Path | None = None,
+        heartbeat_s: float = 5.0,
+        heartbeat_timeout: float | None = None,
+        request_timeout: float | None = None,
+        max_reply_bytes: int | None = None,
+        early_reply_bytes: int = 64 << 20,
+        max_nodes: int = 64,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        import grpc
+
+        from fedplug import certs
+
+        for what, value in (("heartbeat_s", heartbeat_s), ("request_timeout", request_timeout)):
+            if value is not None and (isinstance(value, bool) or not value > 0):
+                raise ConfigError(f"{what} must be a positive number of seconds, got {value!r}")
+        self.heartbeat_s = float(heartbeat_s)
+        self.heartbeat_timeout = heartbeat_timeout or 3 * self.heartbeat_s + 2
+        self.request_timeout = request_timeout
+        self.max_reply_bytes = max_reply_bytes
+        self.early_reply_bytes = early_reply_bytes
+        self.chunk_bytes = chunk_bytes
+        if isinstance(credentials, (str, Path)):
+            credentials = certs.load_credentials(credentials)
+        elif credentials is None and isinstance(tls, (str, Path)):
+            credentials = certs.load_credentials(tls)
+        if credentials is None and not is_loopback(address):
+            raise ConfigError(
+                f"serving {address} without node credentials would let anyone join; give tls= "
+                "a certs directory (fedplug certs init / fedplug certs node NAME) or credentials="
+            )
+        self.credentials = credentials
+        self._cv = threading.Condition()
+        self._conns: dict[str, _Conn] = {}
+        self.refused: list[str] = []  # recent refused connection attempts, for error messages
+        self._task_ids = itertools.count(1)
+        self._reply_limit = max_reply_bytes or 64 << 20
+        self._closing = False
+
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_nodes + 4, thread_name_prefix="fedplug-grpc"),
+            options=[
+                *channel_options(chunk_bytes),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ],
+            maximum_concurrent_rpcs=max_nodes,
+        )
+        handler = grpc.stream_stream_rpc_method_handler(self._connect)
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("fedplug.v1.Federation", {"Connect": handler}),)
+        )
+        try:
+            if tls is None:
+                if not is_loopback(address):
+                    raise ConfigError(
+                        f"plaintext gRPC on {address} would expose models and tokens; give "
+                        "tls= a certs directory (fedplug certs init) or (cert, key) files"
+                    )
+                self.port = self._server.add_insecure_port(address)
+            else:
+                if isinstance(tls, tuple):
+                    cert, key = certs.server_tls(cert=tls[0], key=tls[1])
+                else:
+                    cert, key = certs.server_tls(tls)
+                self.port = self._server.add_secure_port(
+                    address, grpc.ssl_server_credentials([(key, cert)])
+                )
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {address}: {exc}") from None
+        if not self.port:
+            raise ConfigError(f"cannot listen on {address} (is the port in use?)")
+        self.address = address
+        self.tls = tls is not None
+        self._server.start()
+        self._janitor = threading.Thread(target=self._watch, daemon=True, name="fedplug-janitor")
+        self._janitor.start()
+
+    # -- connections ----------------------------------------------------------------------------
+    def _connect(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        """One node's stream: authenticate, read HELLO, then serve its outbox."""
+        import grpc
+
+        peer = context.peer()
+        token = dict(context.invocation_metadata()).get(_TOKEN_HEADER, "")
+        token = token[len("Bearer ") :] if token.startswith("Bearer ") else token
+        claimed = None
+        if self.credentials is not None:
+            from fedplug.certs import check_token
+
+            claimed = check_token(self.credentials, token)
+            if claimed is None:
+                self._refuse(f"{peer}: unknown node credential")
+                context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "unknown node credential; the researcher's operator issues one with "
+                    "`fedplug certs node NAME` and the node reads it from token_file",
+                )
+        try:
+            hello = parse_control(next(requests), HELLO, {"name": str, "tags": list, "wire": int})
+            if hello["wire"] != msg.VERSION:
+                raise ProtocolError(
+                    f"node speaks message format {hello['wire']}, this researcher speaks "
+                    f"{msg.VERSION}; install the same fedplug version on both sides"
+                )
+            tags = hello["tags"]
+            if not all(isinstance(t, list) and all(isinstance(x, str) for x in t) for t in tags):
+                raise ProtocolError("HELLO frame: tags must be a list of lists of strings")
+        except (ProtocolError, StopIteration) as exc:
+            self._refuse(f"{peer}: {exc or 'closed before HELLO'}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad HELLO: {exc}")
+        name = hello["name"]
+        if claimed is not None and claimed != name:
+            self._refuse(f"{peer}: credential of {claimed!r} used by a node named {name!r}")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this credential belongs to node {claimed!r}, not {name!r}",
+            )
+        conn = _Conn(name, tags, peer)
+        with self._cv:
+            old = self._conns.get(name)
+            if old is not None:
+                self._drop(old, "replaced by a new connection from the same node")
+            self._conns[name] = conn
+            self._cv.notify_all()
+        log.info("node %r connected from %s with datasets %s", name, peer, tags)
+        context.add_callback(lambda: self._lost(conn, "connection closed"))
+        threading.Thread(
+            target=self._read, args=(conn, requests), daemon=True, name=f"fedplug-read-{name}"
+        ).start()
+        yield control(WELCOME, {"heartbeat_s": self.heartbeat_s, "wire": msg.VERSION})
+        while True:
+            try:
+                item = conn.outbox.get(timeout=self.heartbeat_s)
+            except queue.Empty:
+                item = control(HEARTBEAT, {})
+            if item is None:
+                return
+            if isinstance(item, tuple):  # (status, details): end the stream with that status
+                context.abort(getattr(grpc.StatusCode, item[0]), item[1])
+            if isinstance(item, bytes):
+                yield item
+            else:
+                yield from item
+
+    def _refuse(self, reason: str) -> None:
+        log.warning("refused a connection: %s", reason)
+        with self._cv:
+            self.refused = [*self.refused[-9:], reason]
+
+    def _read(self, conn: _Conn, requests: Iterator[bytes]) -> None:
+        import grpc
+
+        try:
+            for frame in requests:
+                conn.last_seen = time.monotonic()
+                with self._cv:
+                    if not conn.alive:
+                        return
+                    self._on_frame(conn, frame)
+            self._lost(conn, "the node closed its connection")
+        except ProtocolError as exc:
+            with self._cv:
+                self._drop(conn, f"protocol error: {exc}", status="INVALID_ARGUMENT")
+        except grpc.RpcError as exc:
+            self._lost(conn, f"connection lost ({_status(exc)})")
+        except Exception as exc:  # never let a reader thread die silently
+            self._lost(conn, f"connection failed: {type(exc).__name__}: {exc}")
+
+    def _on_frame(self, conn: _Conn, frame: bytes) -> None:
+        """Handle one frame from ``conn`` (called with the lock held)."""
+        kind = frame_kind(frame)
+        task = conn.task
+        if kind == HEARTBEAT:
+            return
+        if kind == DATA:
+            if task is not None and task.state == "receiving" and task.receiver is not None:
+                if task.receiver.add(frame):
+                    task.state = "done"
+                    self._cv.notify_all()
+                return
+            (task_id,) = struct.unpack_from("<Q", frame, 1) if len(frame) >= 9 else (None,)
+            if task_id in conn.cancelled:
+                return  # data in flight when the task was cancelled
+            raise ProtocolError("DATA frame for no granted task")
+        if kind in (READY, REFUSED):
+            body = parse_control(frame, kind, {"task": int})
+            if task is None or body["task"] != task.id:
+                if body["task"] in conn.cancelled:
+                    return
+                raise ProtocolError(f"{_KIND_NAMES[kind]} for unknown task {body['task']}")
+            if kind == REFUSED:
+                task.fail(str(body.get("message", "refused the request")))
+            elif task.state not in ("sending", "running"):
+                raise ProtocolError(f"READY for task {task.id} in state {task.state}")
+            else:
+                size = body.get("size")
+                limit = self._reply_limit
+                if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= limit:
+                    self._cancel(conn, task)
+                    task.fail(
+                        f"announced a reply of {size!r} bytes; replies must be 1 to {limit} "
+                        "bytes here (max_reply_bytes)"
+                    )
+                else:
+                    task.state, task.size = "ready", size
+            self._cv.notify_all()
+            return
+        raise ProtocolError(f"unexpected {_KIND_NAMES[kind]} frame from a node")
+
+    def _cancel(self, conn: _Conn, task: _Task) -> None:
+        conn.cancelled.add(task.id)
+        if conn.alive:
+            conn.outbox.put(control(CANCEL, {"task": task.id}))
+
+    def _drop(self, conn: _Conn, reason: str, status: str = "UNAVAILABLE") -> None:
+        """Disconnect ``conn`` (lock held): its task fails with ``reason``."""
+        if conn.alive:
+            conn.alive = False
+            conn.outbox.put((status, reason))
+            log.warning("node %r disconnected: %s", conn.name, reason)
+        if conn.task is not None:
+            conn.task.fail(f"disconnected: {reason}")
+        if self._conns.get(conn.name) is conn:
+            del self._conns[conn.name]
+        self._cv.notify_all()
+
+    def _lost(self, conn: _Conn, reason: str) -> None:
+        with self._cv:
+            self._drop(conn, reason)
+
+    def _watch(self) -> None:
+        """Drop nodes that stopped sending heartbeats."""
+        while not self._closing:
+            time.sleep(min(1.0, self.heartbeat_s / 2))
+            now = time.monotonic()
+            with self._cv:
+                for conn in list(self._conns.values()):
+                    silent = now - conn.last_seen
+                    if silent > self.heartbeat_timeout:
+                        self._drop(conn, f"no heartbeat for {silent:.1f} s", "DEADLINE_EXCEEDED")
+
+    # -- the Transport protocol -----------------------------------------------------------------
+    def node_tags(self) -> dict[str, list[list[str]]]:
+        with self._cv:
+            return {name: conn.tags for name, conn in sorted(self._conns.items())}
+
+    def connected(self) -> list[dict[str, Any]]:
+        """The connected nodes: name, peer address, dataset tags, seconds connected."""
+        with self._cv:
+            return [
+                {
+                    "name": c.name,
+                    "peer": c.peer,
+                    "tags": c.tags,
+                    "connected_s": round(time.time() - c.connected, 1),
+                }
+                for c in sorted(self._conns.values(), key=lambda c: c.name)
+            ]
+
+    def wait_for_nodes(
+        self,
+        tags: list[str],
+        count: int | None = None,
+        names: Iterable[str] | None = None,
+        timeout: float = 120.0,
+    ) -> list[str]:
+        """Block until ``count`` nodes (or all of ``names``) with a dataset carrying ``tags``
+        are connected; return their names. A :class:`ConfigError` after ``timeout`` seconds
+        lists the connected nodes with their tags and the refused attempts."""
+        wanted = set(names or ())
+        count = count if count is not None else max(len(wanted), 1)
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                matching = [
+                    name
+                    for name, conn in sorted(self._conns.items())
+                    if any(set(tags) <= set(t) for t in conn.tags)
+                ]
+                ready = wanted <= set(matching) if wanted else len(matching) >= count
+                if ready:
+                    return sorted(wanted) if wanted else matching
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(min(left, 1.0))
+            listing = {name: conn.tags for name, conn in sorted(self._conns.items())} or "none"
+            need = f"nodes {sorted(wanted)}" if wanted else f"{count} node(s)"
+            refused = f"; refused connections: {self.refused}" if self.refused else ""
+            raise ConfigError(
+                f"waited {timeout:g} s for {need} with a dataset tagged {tags} on "
+                f"{self.address} (port {self.port}); connected nodes and their dataset tags: "
+                f"{listing}{refused}"
+            )
+
+    def dispatch(
+        self, payload: bytes | list[Any], nodes: list[str]
+    ) -> Iterator[tuple[str, bytes | memoryview | BaseException]]:
+        """Send ``payload`` to ``nodes``; yield each reply in ``nodes`` order, one at a time:
+        the reply's buffer is released when the caller asks for the next one."""
+        parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+        size = sum(memoryview(p).nbytes for p in parts)
+        self._reply_limit = self.max_reply_bytes or max(64 << 20, 2 * size + (1 << 20))
+        tasks: list[_Task] = []
+        with self._cv:
+            for name in nodes:
+                conn = self._conns.get(name)
+                task = _Task(next(self._task_ids), name, conn)
+                tasks.append(task)
+                if conn is None:
+                    task.fail("not connected")
+                    continue
+                if conn.task is not None:  # a previous dispatch left early: forget its task
+                    conn.task.fail("superseded")
+                conn.task = task
+                conn.outbox.put(control(TASK, {"task": task.id, "size": size}))
+                conn.outbox.put(self._sending(task, parts))
+        try:
+            for position, task in enumerate(tasks):
+                self._await(task, tasks[position + 1 :])
+                if task.state == "done":
+                    reply: Any = task.receiver.message()
+                else:
+                    reply = NodeError(task.node, task.error)
+                task.receiver = None
+                self._release(task)
+                yield task.node, reply
+                del reply
+        finally:
+            with self._cv:
+                for task in tasks:
+                    if task.state not in ("done", "failed") and task.conn is not None:
+                        self._cancel(task.conn, task)
+                    task.fail("the round stopped before this reply was needed")
+                    self._release(task)
+
+    def _sending(self, task: _Task, parts: list[Any]) -> Iterator[bytes]:
+        yield from data_frames(task.id, parts, self.chunk_bytes, lambda: task.state == "failed")
+        with self._cv:
+            if task.state == "sending":
+                task.state, task.started = "running", time.monotonic()
+
+    def _release(self, task: _Task) -> None:
+        conn = task.conn
+        if conn is not None and conn.task is task:
+            conn.task = None
+
+    def _await(self, task: _Task, later: list[_Task]) -> None:
+        """Wait for ``task`` to finish, granting replies: ``task``'s at once, later ones while
+        they fit in ``early_reply_bytes``."""
+        with self._cv:
+            while task.state not in ("done", "failed"):
+                if task.state == "ready":
+                    self._grant(task)
+                held = sum(t.size for t in later if t.state in ("receiving", "done"))
+                for other in later:
+                    if other.state == "ready" and held + other.size <= self.early_reply_bytes:
+                        self._grant(other)
+                        held += other.size
+                if self.request_timeout is not None and task.state in ("running", "ready"):
+                    waited = time.monotonic() - task.started
+                    if waited > self.request_timeout:
+                        if task.conn is not None:
+                            self._cancel(task.conn, task)
+                        task.fail(f"no reply within request_timeout={self.request_timeout:g} s")
+                        break
+                self._cv.wait(0.5)
+
+    def _grant(self, task: _Task) -> None:
+        task.state = "receiving"
+        task.receiver = Receiver(task.id, task.size)
+        task.conn.outbox.put(control(GRANT, {"task": task.id}))
+
+    def close(self) -> None:
+        """Stop serving; connected nodes see the stream end and keep trying to reconnect."""
+        with self._cv:
+            if self._closing:
+                return
+            self._closing = True
+            for conn in list(self._conns.values()):
+                conn.alive = False
+                conn.outbox.put(None)
+            self._conns.clear()
+        self._server.stop(grace=2).wait()
+
+    def __enter__(self) -> GrpcTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"GrpcTransport({self.address!r}, port={self.port}, tls={self.tls}, "
+            f"nodes={sorted(self._conns)})"
+        )
+
+
+def _status(exc: Any) -> str:
+    code = getattr(exc, "code", lambda: None)()
+    details = getattr(exc, "details", lambda: None)()
+    return f"{getattr(code, 'name', code)}: {details}" if details else str(code)
+
+
+# -- node side ----------------------------------------------------------------------------------
+
+
+class _Fatal(Exception):
+    """The researcher refused this node for good (credential, version): do not retry."""
+
+
+class NodeClient:
+    """Connects a :class:`~fedplug.Node` to a researcher's :class:`GrpcTransport` and serves its
+    requests until stopped, reconnecting with back-off whenever the connection ends.
+
+    :param node: the node that handles requests.
+    :param address: the researcher's ``host:port``.
+    :param token: this node's credential.
+    :param ca_cert: PEM bytes of the CA that signed the researcher's certificate; None connects
+        in plaintext (loopback only).
+    :param max_message_bytes: largest request this node accepts.
+    """
+
+    def __init__(
+        self,
+        node: Any,
+        address: str,
+        token: str = "",
+        *,
+        ca_cert: bytes | None = None,
+        heartbeat_s: float = 5.0,
+        reconnect_s: float = 2.0,
+        max_reconnect_s: float = 30.0,
+        max_message_bytes: int = 8 << 30,
+        chunk_bytes: int = CHUNK_BYTES,
+        server_name: str | None = None,
+    ) -> None:
+        if ca_cert is None and not is_loopback(address):
+            raise ConfigError(
+                f"a plaintext connection to {address} would expose models and the node's token; "
+                "give the researcher's CA certificate (ca_cert in node.toml)"
+            )
+        self.node, self.address, self.token = node, address, token
+        self.ca_cert = ca_cert
+        self.heartbeat_s = heartbeat_s
+        self.reconnect_s, self.max_reconnect_s = reconnect_s, max_reconnect_s
+        self.max_message_bytes = max_message_bytes
+        self.chunk_bytes = chunk_bytes
+        self.server_name = server_name
+        self.stop_event = threading.Event()
+        self._call: Any = None
+        self.sessions = 0  # connections made, for tests and logs
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def run(self) -> int:
+        """Serve until :meth:`stop`; 0 when stopped, 3 when the researcher refused this node."""
+        delay = self.reconnect_s
+        while not self.stop_event.is_set():
+            start = time.monotonic()
+            try:
+                reason = self._session()
+            except _Fatal as exc:
+                log.error(
+                    "node %r refused by the researcher at %s: %s", self.node.name, self.address, exc
+                )
+                return 3
+            if self.stop_event.is_set():
+                break
+            if time.monotonic() - start > 10:
+                delay = self.reconnect_s
+            log.warning(
+                "connection to %s ended (%s); retrying in %.1f s", self.address, reason, delay
+            )
+            self.stop_event.wait(delay)
+            delay = min(delay * 2, self.max_reconnect_s)
+        return 0
+
+    def _channel(self) -> Any:
+        import grpc
+
+        options = channel_options(self.chunk_bytes)
+        if self.server_name:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        if self.ca_cert is None:
+            return grpc.insecure_channel(self.address, options=options)
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca_cert)
+        return grpc.secure_channel(self.address, creds, options=options)
+
+    def _session(self) -> str:
+        """One connection: returns why it ended; raises _Fatal when retrying is pointless."""
+        import grpc
+
+        outbox: queue.SimpleQueue = queue.SimpleQueue()
+        ended = threading.Event()
+        state = _NodeState(self, outbox)
+        hello = {"name": self.node.name, "tags": self.node.tags(), "wire": msg.VERSION}
+        hello["pid"] = os.getpid()
+        outbox.put(control(HELLO, hello))
+
+        def outgoing() -> Iterator[bytes]:
+            while True:
+                item = outbox.get()
+                if item is None:
+                    return
+                if isinstance(item, bytes):
+                    yield item
+                else:
+                    yield from item
+
+        channel = self._channel()
+        metadata = ((_TOKEN_HEADER, f"Bearer {self.token}"),)
+        call = channel.stream_stream(METHOD)(outgoing(), metadata=metadata)
+        self._call = call
+        beat = threading.Thread(
+            target=state.heartbeats, args=(ended, call), daemon=True, name="fedplug-heartbeat"
+        )
+        beat.start()
+        try:
+            for frame in call:
+                state.last_seen = time.monotonic()
+                state.on_frame(frame)
+            return "the researcher closed the stream"
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            ) or (code == grpc.StatusCode.INVALID_ARGUMENT and "HELLO" in (exc.details() or "")):
+                raise _Fatal(_status(exc)) from None
+            return _status(exc)
+        except ProtocolError as exc:
+            return f"protocol error from the researcher: {exc}"
+        finally:
+            ended.set()
+            state.close()
+            outbox.put(None)
+            self._call = None
+            call.cancel()
+            channel.close()
+
+
+class _NodeState:
+    """What one connection of a node is doing: the request being received, replies waiting for
+    their grant, and the heartbeat."""
+
+    def __init__(self, client: NodeClient, outbox: queue.SimpleQueue) -> None:
+        self.client, self.outbox = client, outbox
+        self.heartbeat_s = client.heartbeat_s
+        self.last_seen = time.monotonic()
+        self.receiver: Receiver | None = None
+        self.refused: set[int] = set()
+        self.replies: dict[int, bytes] = {}
+        self.cancelled: set[int] = set()
+        self.busy = ""
+        self.lock = threading.Lock()
+
+    def on_frame(self, frame: bytes) -> None:
+        kind = frame_kind(frame)
+        if kind == DATA:
+            if self.receiver is None:
+                if len(frame) >= 9 and struct.unpack_from("<Q", frame, 1)[0] in self.refused:
+                    return
+                raise ProtocolError("DATA frame for no announced task")
+            if self.receiver.add(frame):
+                receiver, self.receiver = self.receiver, None
+                threading.Thread(
+                    target=self.work, args=(receiver,), daemon=True, name="fedplug-work"
+                ).start()
+        elif kind == TASK:
+            body = parse_control(frame, kind, {"task": int, "size": int})
+            task, size = body["task"], body["size"]
+            if not 0 < size <= self.client.max_message_bytes:
+                self.refused.add(task)
+                self.outbox.put(
+                    control(
+                        REFUSED,
+                        {
+                            "task": task,
+                            "message": f"node {self.client.node.name!r} refuses a request of "
+                            f"{size} bytes; it accepts up to {self.client.max_message_bytes} "
+                            "bytes ([limits] max_message_mb in its node.toml)",
+                        },
+                    )
+                )
+                return
+            self.receiver = Receiver(task, size)
+        elif kind == GRANT:
+            task = parse_control(frame, kind, {"task": int})["task"]
+            with self.lock:
+                reply = self.replies.pop(task, None)
+            if reply is not None:
+                self.outbox.put(
+                    data_frames(task, [reply], self.client.chunk_bytes, self._cut(task))
+                )
+        elif kind == CANCEL:
+            task = parse_control(frame, kind, {"task": int})["task"]
+            with self.lock:
+                self.cancelled.add(task)
+                self.replies.pop(task, None)
+            if self.receiver is not None and self.receiver.task == task:
+                self.receiver = None
+                self.refused.add(task)
+        elif kind == WELCOME:
+            body = parse_control(frame, kind, {})
+            if isinstance(body.get("heartbeat_s"), (int, float)) and body["heartbeat_s"] > 0:
+                self.heartbeat_s = float(body["heartbeat_s"])
+            self.client.sessions += 1
+            log.info("node %r connected to %s", self.client.node.name, self.client.address)
+        elif kind != HEARTBEAT:
+            raise ProtocolError(f"unexpected {_KIND_NAMES[kind]} frame from the researcher")
+
+    def _cut(self, task: int) -> Any:
+        return lambda: task in self.cancelled
+
+    def work(self, receiver: Receiver) -> None:
+        """Run one request on the node (off the reading thread) and announce the reply."""
+        task = receiver.task
+        self.busy = "working"
+        try:
+            reply = self.client.node.handle(receiver.message())  # never raises on bad input
+        finally:
+            self.busy = ""
+        del receiver  # the request's buffer: the plan copied what it needs
+        with self.lock:
+            if task in self.cancelled:
+                return
+            self.replies[task] = reply
+        self.outbox.put(control(READY, {"task": task, "size": len(reply)}))
+
+    def heartbeats(self, ended: threading.Event, call: Any) -> None:
+        """Send a heartbeat every ``heartbeat_s``; end the call if the researcher went silent."""
+        while not ended.wait(self.heartbeat_s):
+            self.outbox.put(control(HEARTBEAT, {"busy": self.busy}))
+            silent = time.monotonic() - self.last_seen
+            if silent > 3 * self.heartbeat_s + 2:
+                log.warning("no frame from the researcher for %.1f s; reconnecting", silent)
+                call.cancel()
+                return
+
+    def close(self) -> None:
+        with self.lock:
+            self.replies.clear()
+
+
+def serve_node(config: Any) -> int:
+    """``fedplug node start``: load the node's datasets from its registry and serve the
+    researcher named in ``config`` (a :class:`fedplug.nodeconfig.NodeConfig`) until SIGTERM or
+    Ctrl-C. Returns the process exit code."""
+    from fedplug.certs import read_pem
+    from fedplug.node import Node
+    from fedplug.nodestore import NodeStore
+    from fedplug.plugins import get_plugin_manager
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    pm = get_plugin_manager()
+    store = NodeStore(config.database)
+    datasets = store.load_datasets(pm)
+    if not datasets:
+        log.warning(
+            "node %r has no dataset; add one with `fedplug node dataset add --config %s`",
+            config.name,
+            config.path,
+        )
+    node = Node(
+        config.name,
+        datasets,
+        approval=config.approval,
+        plugin_manager=pm,
+        require_secagg=config.require_secagg,
+        limits=config.limits,
+        plan_store=store,
+        approve_hint=f"fedplug node plan approve {{sha256}} --config {config.path}",
+    )
+    client = NodeClient(
+        node,
+        config.address,
+        config.token,
+        ca_cert=None if config.insecure else read_pem(config.ca_cert),
+        heartbeat_s=config.heartbeat_s,
+        reconnect_s=config.reconnect_s,
+        max_reconnect_s=config.max_reconnect_s,
+        max_message_bytes=config.max_message_bytes,
+    )
+
+    def stop(signum: int, frame: Any) -> None:
+        log.info("node %r stopping (%s)", config.name, signal.Signals(signum).name)
+        client.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    log.info(
+        "node %r serving datasets %s for %s (%s)",
+        config.name,
+        [d.name for d in datasets],
+        config.address,
+        "plaintext" if config.insecure else "TLS",
+    )
+    try:
+        return client.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        node.stop()
