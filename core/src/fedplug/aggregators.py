@@ -9,6 +9,7 @@ Core's aggregators are registered by the built-in plugin (``"fedavg"``, ``"media
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,13 @@ class Aggregator:
         self._spec = {name: np.shape(value) for name, value in global_params.items()}
         self._dtypes = {name: np.asarray(value).dtype for name, value in global_params.items()}
         self.nodes: list[str] = []
+
+    def get_state(self) -> dict[str, Any]:
+        """State kept across rounds, saved in checkpoints (JSON values); none by default."""
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned."""
 
     def add(self, node: str, params: Params, n_samples: int) -> None:
         """Fold in one node's parameters, weighted by its number of training samples."""

@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --flamby: accept the dataset's data terms (FLamby asks otherwise)",
     )
 
+    demo.add_argument(
+        "--transport",
+        choices=["local", "grpc"],
+        default="local",
+        help="local: nodes in this process (default); grpc: one node process per hospital, "
+        "connected to this researcher over gRPC with TLS on loopback",
+    )
+
     plugins = commands.add_parser(
         "plugins", help="list installed plugins, their hooks and load errors"
     )
@@ -96,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         "optimizers", help="list declearn optimizer modules, regularizers and schedulers"
     )
     optimizers.add_argument("--json", action="store_true", help="print JSON")
+
+    from fedplug.certs import add_certs_commands
+    from fedplug.node_cli import add_node_commands
+
+    add_node_commands(commands)
+    add_certs_commands(commands)
     return parser
 
 
@@ -114,13 +128,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         workers=args.workers,
         algorithm=args.algorithm,
         secagg=args.secagg,
+        transport=args.transport,
     )
     return 0
 
 
 def _cmd_flamby_demo(args: argparse.Namespace) -> int:
-    from fedplug.errors import PluginError
+    from fedplug.errors import ConfigError, PluginError
 
+    if args.transport != "local":
+        raise ConfigError(
+            "--flamby runs on the local transport; for FLamby centers as node processes, add "
+            "them with `fedplug node dataset add --type flamby` (docs/deployment.md)"
+        )
     try:
         from fedplug_flamby.demo import run_flamby_demo
     except ImportError:
@@ -225,9 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from fedplug.errors import FedplugError
 
-    handler = {"demo": _cmd_demo, "plugins": _cmd_plugins, "optimizers": _cmd_optimizers}[
-        args.command
-    ]
+    handler = {"demo": _cmd_demo, "plugins": _cmd_plugins, "optimizers": _cmd_optimizers}.get(
+        args.command, getattr(args, "func", None)
+    )
     try:
         return handler(args)
     except FedplugError as exc:

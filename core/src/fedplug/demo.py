@@ -7,8 +7,10 @@ nodes: the W1 workload of BENCHMARKS.md); 20 % of each node is held out for vali
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +25,7 @@ from fedplug.node import Node
 from fedplug.optimizer import Optimizer
 from fedplug.plugins import get_plugin_manager
 from fedplug.report import format_table, results_rows, write_outputs
+from fedplug.transport.grpc import GrpcTransport
 
 TAGS = ["breast-cancer"]
 W1_SIZES = (181, 189, 199)
@@ -155,9 +158,14 @@ def run_demo(
     workers: int | None = None,
     algorithm: str = "fedavg",
     secagg: bool = False,
+    transport: str = "local",
 ) -> dict[str, Any]:
     """Run the demo experiment; print the results table (or one JSON line); write results.json
-    and learning_curve.png under ``out``. Returns the JSON summary."""
+    and learning_curve.png under ``out``. Returns the JSON summary.
+
+    With ``transport="grpc"`` each hospital is a ``fedplug node start`` process with its own
+    config, SQLite registry and credential, connected over TLS on loopback (set up under
+    ``out/grpc``); the processes are stopped at the end, also on Ctrl-C."""
     if plan not in PLANS:
         raise ConfigError(f"--plan must be one of {sorted(PLANS)}, got {plan!r}")
     if algorithm not in ALGORITHMS:
@@ -172,22 +180,28 @@ def run_demo(
         raise ConfigError(f"the {plan} demo needs the plan {plan_name!r}: pip install {dist}")
     if secagg and "masking" not in pm.secagg_schemes:
         raise ConfigError("--secagg needs the masking scheme: pip install fedplug-secagg")
-    exp = Experiment(
-        nodes=demo_nodes(nodes, seed, plugin_manager=pm),
-        tags=TAGS,
-        training_plan=plan_name,
-        model_args=model_args,
-        training_args={**training_args, "test_ratio": 0.2},
-        round_limit=rounds,
-        seed=seed,
-        progress=progress and not as_json,
-        plugin_manager=pm,
-        workers=workers,
-        agg_optimizer=Optimizer.from_dict(recipe.researcher) if recipe.researcher else None,
-        secagg=secagg,
-    )
-    with exp:
-        history = exp.run()
+    if transport not in ("local", "grpc"):
+        raise ConfigError(f"--transport must be 'local' or 'grpc', got {transport!r}")
+    with contextlib.ExitStack() as stack:
+        if transport == "grpc":
+            federation = stack.enter_context(grpc_federation(nodes, seed, Path(out) / "grpc"))
+        else:
+            federation = demo_nodes(nodes, seed, plugin_manager=pm)
+        exp = _demo_experiment(
+            federation,
+            plan_name,
+            model_args,
+            training_args,
+            rounds,
+            seed,
+            pm,
+            workers,
+            recipe,
+            secagg,
+            progress and not as_json,
+        )
+        with exp:
+            history = exp.run()
     seconds = time.perf_counter() - start
     rows = results_rows(history, "accuracy")
     summary = {
@@ -195,6 +209,7 @@ def run_demo(
         "plan": plan_name,
         "algorithm": algorithm,
         "secagg": secagg,
+        "transport": transport,
         "nodes": nodes,
         "global_accuracy": history[-1]["validation_global"].get("accuracy"),
         "per_node": {row[0]: row[3] for row in rows[:-1]},
@@ -216,3 +231,56 @@ def run_demo(
             else "learning curve: pip install 'fedplug[plot]' for a PNG"
         )
     return summary
+
+
+def _demo_experiment(
+    federation: Any,
+    plan_name: str,
+    model_args: dict[str, Any],
+    training_args: dict[str, Any],
+    rounds: int,
+    seed: int,
+    pm: Any,
+    workers: int | None,
+    recipe: Algorithm,
+    secagg: bool,
+    progress: bool,
+) -> Experiment:
+    return Experiment(
+        nodes=federation,
+        tags=TAGS,
+        training_plan=plan_name,
+        model_args=model_args,
+        training_args={**training_args, "test_ratio": 0.2},
+        round_limit=rounds,
+        seed=seed,
+        progress=progress,
+        plugin_manager=pm,
+        workers=None if isinstance(federation, GrpcTransport) else workers,
+        agg_optimizer=Optimizer.from_dict(recipe.researcher) if recipe.researcher else None,
+        secagg=secagg,
+    )
+
+
+@contextlib.contextmanager
+def grpc_federation(
+    n_nodes: int, seed: int, workdir: Path, wait_timeout: float = 120.0
+) -> Iterator[GrpcTransport]:
+    """The demo's hospitals as a real deployment on loopback, under ``workdir``
+    (:func:`fedplug.deploy.local_deployment`): TLS, one credential, ``node.toml``, SQLite
+    registry and ``fedplug node start`` process per hospital, each holding its data in its own
+    folder. Yields the researcher's transport once every node is connected; stops the node
+    processes on exit, also when interrupted."""
+    from fedplug.deploy import NodeSpec, local_deployment
+
+    workdir = Path(workdir).absolute()
+    x, y = load_breast_cancer()
+    specs = []
+    for i, idx in enumerate(label_skew_split(y, n_nodes, seed)):
+        data = workdir / "data" / f"hospital-{i + 1}.npz"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(data, x=x[idx], y=y[idx])
+        dataset = (f"breast-cancer-{i + 1}", "numpy", TAGS, {"path": str(data)})
+        specs.append(NodeSpec(f"hospital-{i + 1}", [dataset]))
+    with local_deployment(workdir, specs, wait_timeout=wait_timeout) as deployment:
+        yield deployment.transport

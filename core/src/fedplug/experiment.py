@@ -10,6 +10,8 @@ model of the last good round untouched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib
 import inspect
 import json
 import sys
@@ -36,7 +38,7 @@ from fedplug.errors import (
 from fedplug.node import Node, local_nodes
 from fedplug.optimizer import Optimizer, pack_aux_vars, pack_state, unpack_state
 from fedplug.plan import Params, TrainingArgs, TrainingPlan, params_spec
-from fedplug.planref import make_plan_ref
+from fedplug.planref import load_plan_class, make_plan_ref
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
 from fedplug.secagg import SecAggScheme
 from fedplug.transport.local import LocalTransport
@@ -410,6 +412,8 @@ class Experiment:
             "round_index": self.round_index,
             "history": self.history,
             "agg_optimizer": pack_state(optimizer, arrays, "opt"),
+            "aggregator": self.aggregator.get_state(),
+            "settings": self._settings(),
         }
         arrays.update({f"param:{name}": value for name, value in self._global.items()})
         tmp = path.with_name(path.name + ".tmp")
@@ -423,15 +427,7 @@ class Experiment:
         one (same plan and model, same researcher-side optimizer modules). It takes the saved
         experiment's id, so nodes that kept their session (plan, node-side optimizer state such
         as Adam moments or Scaffold's local state) continue it."""
-        try:
-            data = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise ConfigError(f"cannot read experiment state {path}: {exc}") from exc
-        if not isinstance(data, np.lib.npyio.NpzFile) or "__state__" not in data.files:
-            raise ConfigError(f"{path} is not a fedplug experiment state (see save_state)")
-        with data:
-            arrays = {key: data[key] for key in data.files}
-        meta = json.loads(arrays.pop("__state__").tobytes())
+        arrays, meta = _read_state(path)
         params = {k[len("param:") :]: v for k, v in arrays.items() if k.startswith("param:")}
         if meta["plan"] != self.plan_class.__qualname__ or params_spec(params) != params_spec(
             self._global
@@ -447,11 +443,103 @@ class Experiment:
             )
         if self.agg_optimizer is not None:
             self.agg_optimizer.set_state(unpack_state(meta["agg_optimizer"], arrays))
+        self.aggregator.set_state(meta.get("aggregator") or {})
         self.id = meta["experiment_id"]
         self._global = params
         self._plan_dirty = True
         self.round_index = meta["round_index"]
         self.history = meta["history"]
+
+    def _settings(self) -> dict[str, Any]:
+        """What :meth:`load_checkpoint` needs to build this experiment again."""
+        secagg = None
+        if self.secagg is not None:
+            config = self.secagg.config
+            secagg = {"scheme": self.secagg.name, "settings": None}
+            if dataclasses.is_dataclass(config):
+                secagg["settings"] = dataclasses.asdict(config)
+                secagg["settings_class"] = f"{type(config).__module__}:{type(config).__qualname__}"
+        return {
+            "tags": self.tags,
+            "plan": dataclasses.asdict(self.plan_ref),
+            "model_args": self.model_args,
+            "training_args": self.training_args.to_dict(),
+            "round_limit": self.round_limit,
+            "aggregator": self.pm.aggregators.name_of(type(self.aggregator)),
+            "agg_optimizer": self.agg_optimizer.to_dict() if self.agg_optimizer else None,
+            "seed": self.seed,
+            "validate": self.validate_every,
+            "on_node_failure": self.on_node_failure,
+            "min_nodes": self.min_nodes,
+            "secagg": secagg,
+            "transport": self._transport_settings,
+            "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
+            "keep_checkpoints": self.keep_checkpoints,
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Save the experiment in ``checkpoint_dir`` as ``round-NNNNN.npz`` (the number of rounds
+        done), atomically, and remove checkpoints beyond the last ``keep_checkpoints``."""
+        if self.checkpoint_dir is None:
+            raise ConfigError("this experiment has no checkpoint_dir")
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.save_state(self.checkpoint_dir / f"round-{self.round_index:05d}.npz")
+        for old in sorted(self.checkpoint_dir.glob("round-*.npz"))[: -self.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load_checkpoint(cls, path: str | Path, **overrides: Any) -> Experiment:
+        """Resume an experiment saved with ``checkpoint_dir``: ``path`` is a checkpoint file or
+        the folder (its latest checkpoint). The experiment is rebuilt with its saved settings
+        (the plan from its registered name or its saved source, the optimizers, the transport:
+        with gRPC it listens again and waits for the nodes) and continues where it stopped;
+        ``overrides`` replace settings, e.g. ``nodes=`` for in-process nodes, which a file
+        cannot hold. With the same seed, the result is the model an uninterrupted run gives."""
+        file = latest_checkpoint(path) if Path(path).is_dir() else Path(path)
+        if file is None:
+            raise ConfigError(f"no checkpoint (round-*.npz) in {path}")
+        _, meta = _read_state(file)
+        settings = meta.get("settings")
+        if not isinstance(settings, dict):
+            raise ConfigError(
+                f"{file} has no saved settings (written by an older fedplug); build the "
+                "Experiment as before and call load_state()"
+            )
+        pm = overrides.get("plugin_manager") or get_plugin_manager()
+        ref = msg.PlanRef(**settings["plan"])
+        kwargs: dict[str, Any] = {
+            "tags": settings["tags"],
+            "model_args": settings["model_args"],
+            "training_args": settings["training_args"],
+            "round_limit": settings["round_limit"],
+            "seed": settings["seed"],
+            "validate": settings["validate"],
+            "on_node_failure": settings["on_node_failure"],
+            "min_nodes": settings["min_nodes"],
+            "checkpoint_dir": settings["checkpoint_dir"] or file.parent,
+            "keep_checkpoints": settings["keep_checkpoints"],
+            "plugin_manager": pm,
+        }
+        if "training_plan" not in overrides and "model_class" not in overrides:
+            kwargs["training_plan"] = ref.name or load_plan_class(ref, pm.training_plans)
+        if settings["aggregator"] is not None:
+            kwargs["aggregator"] = settings["aggregator"]
+        if settings["agg_optimizer"] is not None:
+            kwargs["agg_optimizer"] = Optimizer.from_dict(settings["agg_optimizer"])
+        if settings["secagg"] is not None:
+            kwargs["secagg"] = _secagg_setting(settings["secagg"])
+        transport = dict(settings["transport"])
+        if transport.pop("kind") == "grpc":
+            if isinstance(transport.get("tls"), list):
+                transport["tls"] = tuple(transport["tls"])
+            kwargs.update(transport, transport="grpc")
+        kwargs.update(overrides)
+        experiment = cls(**kwargs)
+        experiment.load_state(file)
+        if ref.name is None and "training_plan" not in overrides:
+            experiment.plan_ref = ref  # the very source the nodes approved
+        return experiment
 
     # -- rounds ---------------------------------------------------------------------------------
     def run(self, rounds: int | None = None) -> list[dict[str, Any]]:
@@ -530,6 +618,8 @@ class Experiment:
         self._plan_dirty = True
         self.round_index += 1
         self.history.append(row)
+        if self.checkpoint_dir is not None:
+            self.save_checkpoint()
         self.pm.hook.fedplug_round_finished(round_index=index, summary=row, experiment=self)
         return row
 
@@ -609,6 +699,7 @@ class Experiment:
                             "use on_node_failure='skip' to continue without failing nodes)",
                         ) from None
                     failures[node] = text
+                raw = reply = None  # its buffer goes before the next reply is received
         if len(replies) < min_nodes:
             raise NodeError(
                 ",".join(sorted(failures)) or "-",
@@ -765,6 +856,35 @@ def mean_over_nodes(per_node: dict[str, dict[str, float]]) -> dict[str, float]:
         key: sum(m[key] for m in reporting if key in m) / sum(key in m for m in reporting)
         for key in keys
     }
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The most recent ``round-NNNNN.npz`` in ``directory``, or None."""
+    found = sorted(Path(directory).glob("round-*.npz"))
+    return found[-1] if found else None
+
+
+def _read_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ConfigError(f"cannot read experiment state {path}: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile) or "__state__" not in data.files:
+        raise ConfigError(f"{path} is not a fedplug experiment state (see save_state)")
+    with data:
+        try:
+            arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError) as exc:  # e.g. a truncated file
+            raise ConfigError(f"cannot read experiment state {path}: {exc}") from exc
+    return arrays, json.loads(arrays.pop("__state__").tobytes())
+
+
+def _secagg_setting(saved: dict[str, Any]) -> Any:
+    if saved.get("settings") is None:
+        return saved["scheme"]
+    module, _, qualname = saved["settings_class"].partition(":")
+    settings_class = getattr(importlib.import_module(module), qualname)
+    return settings_class(**saved["settings"])
 
 
 def load_params(path: str | Path) -> Params:

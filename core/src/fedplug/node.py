@@ -8,6 +8,7 @@ optimizer state and the data split), so node-side optimizer state persists acros
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -44,6 +45,8 @@ class _Session:
     args: TrainingArgs
     train: Dataset
     test: Dataset | None
+    trained_round: int | None = None  # the last round trained in this session
+    snapshot: tuple[int, Any] | None = None  # (round, optimizer state when that round began)
 
 
 class Node:
@@ -325,12 +328,14 @@ class Node:
             self._check_secagg(request, None)
         session = self._session(request)
         self._check_secagg(request, session.plan.node_optimizer())
+        self._rewind(session, request.round_index)
         self._load_params(session, request.params)
         args = session.args
         if args.seed is not None:
             args = _with_round_seed(args, request.round_index)
         optimizer = self._receive_aux_vars(session.plan, request.aux_vars)
         result = session.plan.train(session.train, args)
+        session.trained_round = request.round_index
         if not math.isfinite(result.loss):
             raise PlanError(
                 f"training diverged at round {request.round_index}: loss is {result.loss}; "
@@ -362,6 +367,17 @@ class Node:
             aux_vars=aux_vars,
             secagg=masked,
         )
+
+    @staticmethod
+    def _rewind(session: _Session, round_index: int) -> None:
+        """Keep the node-side optimizer state (moments, ...) as it was when each round began, and
+        restore it when a round is asked again: a researcher resumed from its checkpoint repeats
+        the round it was killed in, and must find the state that round started from."""
+        if session.trained_round is not None and round_index <= session.trained_round:
+            if session.snapshot is not None and session.snapshot[0] == round_index:
+                _set_optimizer_state(session.plan, session.snapshot[1])
+            return
+        session.snapshot = (round_index, _optimizer_state(session.plan))
 
     def _receive_aux_vars(
         self, plan: TrainingPlan, aux_vars: dict[str, msg.AuxVarData]
@@ -409,6 +425,25 @@ class Node:
             n_samples=n_samples,
             duration_s=time.perf_counter() - start,
         )
+
+
+def _optimizer_state(plan: TrainingPlan) -> Any:
+    optimizer = plan.node_optimizer()
+    if isinstance(optimizer, Optimizer):
+        return copy.deepcopy(optimizer.get_state())
+    if hasattr(optimizer, "state_dict") and hasattr(optimizer, "load_state_dict"):
+        return copy.deepcopy(optimizer.state_dict())  # torch.optim
+    return None
+
+
+def _set_optimizer_state(plan: TrainingPlan, state: Any) -> None:
+    if state is None:
+        return
+    optimizer = plan.node_optimizer()
+    if isinstance(optimizer, Optimizer):
+        optimizer.set_state(copy.deepcopy(state))
+    else:
+        optimizer.load_state_dict(copy.deepcopy(state))
 
 
 def _with_round_seed(args: TrainingArgs, round_index: int) -> TrainingArgs:

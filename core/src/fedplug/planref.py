@@ -61,6 +61,16 @@ def make_plan_ref(
     return PlanRef(source=source, class_name=plan_cls.__name__, sha256=source_hash(source))
 
 
+class _SourceLoader:
+    """The loader of a plan module built from shipped source: it only serves that source."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def get_source(self, name: str) -> str:
+        return self.source
+
+
 def load_plan_class(ref: PlanRef, registry: Registry) -> type[TrainingPlan]:
     """Resolve a :class:`PlanRef` whose source, if any, the caller already approved."""
     if ref.name is not None:
@@ -72,7 +82,10 @@ def load_plan_class(ref: PlanRef, registry: Registry) -> type[TrainingPlan]:
     if source_hash(ref.source) != ref.sha256:
         raise PlanError(f"plan source does not match its hash {ref.sha256}; refusing to run it")
     module = types.ModuleType(f"fedplug_plan_{ref.sha256[:16]}")
-    module.__file__ = f"<fedplug plan {ref.sha256[:16]}>"
+    # The module's loader serves the source, so inspect.getsource() finds the class again (a
+    # researcher that rebuilt a plan from a checkpoint) and tracebacks show its lines.
+    module.__file__ = f"fedplug_plan/{ref.sha256[:16]}.py"
+    module.__loader__ = _SourceLoader(ref.source)
     try:
         code = compile(ref.source, module.__file__, "exec")
         sys.modules[module.__name__] = module

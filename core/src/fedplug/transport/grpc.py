@@ -340,6 +340,10 @@ class GrpcTransport:
             tags = hello["tags"]
             if not all(isinstance(t, list) and all(isinstance(x, str) for x in t) for t in tags):
                 raise ProtocolError("HELLO frame: tags must be a list of lists of strings")
+            if not 0 < len(hello["name"]) <= 64:
+                raise ProtocolError(f"HELLO frame: invalid node name {hello['name']!r:.80}")
+        except grpc.RpcError:
+            return  # the node went away before saying who it is
         except (ProtocolError, StopIteration) as exc:
             self._refuse(f"{peer}: {exc or 'closed before HELLO'}")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad HELLO: {exc}")
@@ -546,6 +550,7 @@ class GrpcTransport:
                     task.fail("not connected")
                     continue
                 if conn.task is not None:  # a previous dispatch left early: forget its task
+                    self._cancel(conn, conn.task)
                     conn.task.fail("superseded")
                 conn.task = task
                 conn.outbox.put(control(TASK, {"task": task.id, "size": size}))
@@ -883,6 +888,14 @@ class _NodeState:
             self.replies.clear()
 
 
+def _watch_parent(pid: int, client: NodeClient) -> None:
+    while not client.stop_event.wait(1.0):
+        if os.getppid() != pid:
+            log.info("the process that started this node (pid %d) is gone; stopping", pid)
+            client.stop()
+            return
+
+
 def serve_node(config: Any) -> int:
     """``fedplug node start``: load the node's datasets from its registry and serve the
     researcher named in ``config`` (a :class:`fedplug.nodeconfig.NodeConfig`) until SIGTERM or
@@ -932,6 +945,11 @@ def serve_node(config: Any) -> int:
         client.stop()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    parent = os.environ.get("FEDPLUG_PARENT_PID")
+    if parent and parent.isdigit():  # started by `fedplug demo`: do not outlive it
+        threading.Thread(
+            target=_watch_parent, args=(int(parent), client), daemon=True, name="fedplug-parent"
+        ).start()
     log.info(
         "node %r serving datasets %s for %s (%s)",
         config.name,
