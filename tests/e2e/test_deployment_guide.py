@@ -1,0 +1,119 @@
+"""docs/deployment.md: its shell commands run as written, and its node.toml is a valid config.
+
+The operator's commands (sections 1 and 2) run in a fresh folder, one after the other, as
+``python -m fedplug``; between them the hospital receives ``ca.pem`` and its token, as the guide
+says. ``fedplug node start`` is the one command left out here: it serves until stopped, against
+the guide's example host; tests/grpc starts real node processes. The plan commands run against a
+plan recorded as pending with the guide's example hash prefix.
+"""
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedplug.nodeconfig import load_node_config
+from fedplug.nodestore import NodeStore
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE = ROOT / "docs" / "deployment.md"
+
+
+def _blocks(lang: str) -> list[str]:
+    blocks, current, inside = [], [], None
+    for line in GUIDE.read_text().splitlines():
+        if line.startswith("```"):
+            if inside is None:
+                inside = line[3:].strip()
+                current = []
+            else:
+                if inside == lang:
+                    blocks.append("\n".join(current))
+                inside = None
+        elif inside is not None:
+            current.append(line)
+    return blocks
+
+
+def _commands(block: str) -> list[list[str]]:
+    """The block's commands (continuation lines joined), comments dropped, as argv lists."""
+    text = block.replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        argv = shlex.split(line, comments=True)
+        if argv:
+            commands.append(argv)
+    return commands
+
+
+def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    assert argv[0] == "fedplug", argv
+    result = subprocess.run(
+        [sys.executable, "-m", "fedplug", *argv[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"{shlex.join(argv)} failed:\n{result.stdout}{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def bash_blocks() -> list[list[list[str]]]:
+    blocks = [_commands(block) for block in _blocks("bash")]
+    assert len(blocks) == 4, "the guide's shell blocks changed: update this test"
+    return blocks
+
+
+def test_the_operator_and_hospital_commands_run_as_written(tmp_path, bash_blocks):
+    certs_block, node_block, plan_block, _demo = bash_blocks
+    for argv in certs_block:
+        _run(argv, tmp_path)
+    listing = _run(["fedplug", "certs", "list", "--dir", "certs"], tmp_path).stdout
+    assert "hospital-1" in listing and "hospital-2" in listing
+    # what the operator hands over to hospital-1
+    shutil.copy(tmp_path / "certs" / "ca.pem", tmp_path / "ca.pem")
+    shutil.copy(tmp_path / "certs" / "nodes" / "hospital-1.token", tmp_path / "hospital-1.token")
+    (tmp_path / "data").mkdir()
+    rows = ["age,size,label"] + [f"{40 + i},{i % 7}.5,{i % 2}" for i in range(30)]
+    (tmp_path / "data" / "cohort.csv").write_text("\n".join(rows) + "\n")
+
+    started = [argv for argv in node_block if argv[1:3] == ["node", "start"]]
+    assert len(started) == 1  # runs until stopped: covered by tests/grpc
+    for argv in node_block:
+        if argv not in started:
+            output = _run(argv, tmp_path).stdout
+    assert "breast-cancer" in output  # `dataset list` shows the dataset just added
+    config = load_node_config(tmp_path / "node.toml")
+    assert config.name == "hospital-1" and config.address == "fl.example.org:50051"
+    assert config.token == (tmp_path / "hospital-1.token").read_text().strip()
+    (record,) = NodeStore(config.database).datasets()
+    assert (record.type, record.tags, record.options["target"]) == (
+        "csv",
+        ["breast-cancer"],
+        "label",
+    )
+
+    sha = "4be1c0de" + "0" * 56
+    NodeStore(config.database).record_plan(sha, "MyPlan", "class MyPlan:\n    pass\n")
+    for argv in plan_block:
+        _run(argv, tmp_path)
+    # the block approves, then rejects: the last decision holds
+    assert NodeStore(config.database).plan_status(sha) == "rejected"
+
+
+def test_the_node_toml_reference_is_a_valid_config(tmp_path):
+    (toml,) = _blocks("toml")
+    assert "[limits]" in toml
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+    (tmp_path / "hospital-1.token").write_text("secret")
+    (tmp_path / "node.toml").write_text(toml)
+    config = load_node_config(tmp_path / "node.toml")
+    assert config.limits.max_epochs == 100
+    assert config.limits.allowed_plugins == ("torch", "sklearn")
+    assert config.max_message_bytes == 8192 * 1024 * 1024
+    assert config.approval is True and config.require_secagg is False
