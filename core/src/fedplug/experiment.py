@@ -179,6 +179,7 @@ class Experiment:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.keep_checkpoints = _check_rounds("keep_checkpoints", keep_checkpoints)
         self._transport_settings: dict[str, Any] = {"kind": "local"}
+        given = None  # a transport object the caller made is the caller's to close
         if transport == "grpc":
             self._transport_settings = {
                 "kind": "grpc",
@@ -200,12 +201,16 @@ class Experiment:
         elif transport != "local":
             if nodes is not None:
                 raise ConfigError("give either nodes or a transport object, not both")
-            nodes = transport
+            nodes = given = transport
+        elif nodes is not None and not isinstance(nodes, (list, tuple, Node)):
+            given = nodes
         self.transport = self._resolve_transport(nodes, workers, processes)
+        self._owns_transport = self.transport is not given
         try:
             self._configure(seed)
         except BaseException:
-            self.transport.close()
+            if self._owns_transport:
+                self.transport.close()
             raise
 
     def _grpc_transport(
@@ -248,8 +253,9 @@ class Experiment:
                 f"failed: {describe(exc)}"
             ) from exc
         self._plan.plugin_manager = self.pm
-        self._global: Params = {k: np.array(v, copy=True) for k, v in initial.items()}
+        self._global: Params = {k: np.asarray(v) for k, v in initial.items()}
         self._plan_dirty = False
+        self._adopt(self._global)  # held once, in the plan's memory
         self.plan_ref = make_plan_ref(
             self.plan_class, self._plan.dependencies, self.pm.training_plans
         )
@@ -359,8 +365,24 @@ class Experiment:
     # -- the model ------------------------------------------------------------------------------
     @property
     def global_params(self) -> Params:
-        """The current global parameters (read-only views; copy before changing them)."""
+        """The current global parameters: read-only views of the researcher plan's weights,
+        which the next round overwrites in place (the model is held once); copy what you keep
+        (``{k: v.copy() for k, v in exp.global_params.items()}``)."""
         return self._global
+
+    def _adopt(self, params: Params) -> None:
+        """Make ``params`` the global model, held once: copied into the researcher's plan, whose
+        own memory then holds the global parameters (the plan's views), when the plan gives
+        views of the same names, shapes and dtypes; else kept beside the plan."""
+        try:
+            self._plan.set_parameters(params)
+            views = self._plan.parameter_views()
+        except Exception:  # a plan that cannot take them here: keep the arrays themselves
+            views = None
+        if views is not None and params_spec(views) == params_spec(params):
+            self._global, self._plan_dirty = dict(views), False
+        else:
+            self._global, self._plan_dirty = params, True
 
     @property
     def training_plan(self) -> TrainingPlan:
@@ -564,9 +586,12 @@ class Experiment:
         return self.history
 
     def close(self) -> None:
-        """Release the transport's workers (threads, worker processes and the node sessions
-        they hold). ``with Experiment(...) as exp:`` closes on exit."""
-        self.transport.close()
+        """Release the transport the experiment made (threads, worker processes and the node
+        sessions they hold; the gRPC server of ``transport="grpc"``). A transport object given
+        as ``nodes`` or ``transport`` stays open: its maker closes it. ``with Experiment(...) as
+        exp:`` closes on exit."""
+        if self._owns_transport:
+            self.transport.close()
 
     def __enter__(self) -> Experiment:
         return self
@@ -614,8 +639,7 @@ class Experiment:
                 self.agg_optimizer.set_state(optimizer_state)
             raise
         row["durations"]["round_s"] = time.perf_counter() - start
-        self._global = new_global
-        self._plan_dirty = True
+        self._adopt(new_global)
         self.round_index += 1
         self.history.append(row)
         if self.checkpoint_dir is not None:

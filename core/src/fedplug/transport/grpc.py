@@ -36,6 +36,7 @@ restarts (from a checkpoint) finds them again.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import itertools
 import logging
@@ -46,6 +47,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,7 +63,8 @@ from fedplug.errors import ConfigError, FedplugError, NodeError
 log = logging.getLogger("fedplug.grpc")
 
 METHOD = "/fedplug.v1.Federation/Connect"
-CHUNK_BYTES = 4 << 20  # measured by bench/transport.py: larger chunks gain nothing on loopback
+CHUNK_BYTES = 4 << 20  # the DATA frames this side sends (a receiver accepts up to MAX_CHUNK_BYTES)
+MAX_CHUNK_BYTES = 64 << 20  # the largest DATA frame either side accepts
 _FRAME_SLACK = 64 << 10  # room for a frame's header above its chunk
 HELLO, WELCOME, TASK, DATA, READY, GRANT, CANCEL, REFUSED, HEARTBEAT = range(1, 10)
 _KIND_NAMES = {
@@ -154,8 +157,9 @@ class Receiver:
         return memoryview(self.buffer)
 
 
-def channel_options(chunk: int) -> list[tuple[str, int]]:
-    limit = chunk + _FRAME_SLACK
+def channel_options() -> list[tuple[str, int]]:
+    # Receive limits do not depend on this side's chunk size: peers may chunk differently.
+    limit = MAX_CHUNK_BYTES + _FRAME_SLACK
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
@@ -164,6 +168,33 @@ def channel_options(chunk: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
+
+
+def _check_chunk(chunk: int) -> int:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 0 < chunk <= MAX_CHUNK_BYTES:
+        raise ConfigError(f"chunk_bytes must be an int from 1 to {MAX_CHUNK_BYTES}, got {chunk!r}")
+    return chunk
+
+
+def _return_large_frees_to_the_os() -> None:
+    """Make glibc serve large blocks (gRPC's frames) with mmap, so that freeing them gives the
+    memory back. By default glibc raises that threshold after the first large free, and the
+    freed frames then stay in per-thread arenas: the researcher's memory grew with the number
+    of nodes (bench/transport.py). A no-op elsewhere than glibc."""
+    global _MALLOPT_DONE
+    if _MALLOPT_DONE or not sys.platform.startswith("linux"):
+        return
+    _MALLOPT_DONE = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MiB, fixed from now on
+    except (OSError, AttributeError):
+        pass
+
+
+_MALLOPT_DONE = False
 
 
 def is_loopback(address: str) -> bool:
@@ -254,7 +285,8 @@ class GrpcTransport:
         self.request_timeout = request_timeout
         self.max_reply_bytes = max_reply_bytes
         self.early_reply_bytes = early_reply_bytes
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = _check_chunk(chunk_bytes)
+        _return_large_frees_to_the_os()
         if isinstance(credentials, (str, Path)):
             credentials = certs.load_credentials(credentials)
         elif credentials is None and isinstance(tls, (str, Path)):
@@ -275,7 +307,7 @@ class GrpcTransport:
         self._server = grpc.server(
             ThreadPoolExecutor(max_nodes + 4, thread_name_prefix="fedplug-grpc"),
             options=[
-                *channel_options(chunk_bytes),
+                *channel_options(),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
             maximum_concurrent_rpcs=max_nodes,
@@ -307,6 +339,12 @@ class GrpcTransport:
         self.address = address
         self.tls = tls is not None
         self._server.start()
+        # A program that ends without close() must still end: the server's threads would keep
+        # it alive. threading's own exit hooks run before non-daemon threads are joined.
+        ref = weakref.ref(self)
+        getattr(threading, "_register_atexit", atexit.register)(
+            lambda: (transport := ref()) is not None and transport.close()
+        )
         self._janitor = threading.Thread(target=self._watch, daemon=True, name="fedplug-janitor")
         self._janitor.start()
 
@@ -331,7 +369,10 @@ class GrpcTransport:
                     "`fedplug certs node NAME` and the node reads it from token_file",
                 )
         try:
-            hello = parse_control(next(requests), HELLO, {"name": str, "tags": list, "wire": int})
+            first = next(requests)
+            if frame_kind(first) != HELLO:
+                raise ProtocolError(f"the first frame must be a HELLO, got {_KIND_NAMES[first[0]]}")
+            hello = parse_control(first, HELLO, {"name": str, "tags": list, "wire": int})
             if hello["wire"] != msg.VERSION:
                 raise ProtocolError(
                     f"node speaks message format {hello['wire']}, this researcher speaks "
@@ -345,8 +386,9 @@ class GrpcTransport:
         except grpc.RpcError:
             return  # the node went away before saying who it is
         except (ProtocolError, StopIteration) as exc:
-            self._refuse(f"{peer}: {exc or 'closed before HELLO'}")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad HELLO: {exc}")
+            reason = str(exc) or "closed before HELLO"
+            self._refuse(f"{peer}: bad HELLO: {reason}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad HELLO: {reason}")
         name = hello["name"]
         if claimed is not None and claimed != name:
             self._refuse(f"{peer}: credential of {claimed!r} used by a node named {name!r}")
@@ -685,8 +727,9 @@ class NodeClient:
         self.heartbeat_s = heartbeat_s
         self.reconnect_s, self.max_reconnect_s = reconnect_s, max_reconnect_s
         self.max_message_bytes = max_message_bytes
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = _check_chunk(chunk_bytes)
         self.server_name = server_name
+        _return_large_frees_to_the_os()
         self.stop_event = threading.Event()
         self._call: Any = None
         self.sessions = 0  # connections made, for tests and logs
@@ -723,7 +766,7 @@ class NodeClient:
     def _channel(self) -> Any:
         import grpc
 
-        options = channel_options(self.chunk_bytes)
+        options = channel_options()
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))
         if self.ca_cert is None:
@@ -778,6 +821,7 @@ class NodeClient:
             return f"protocol error from the researcher: {exc}"
         finally:
             ended.set()
+            state.wake.set()
             state.close()
             outbox.put(None)
             self._call = None
@@ -799,6 +843,7 @@ class _NodeState:
         self.cancelled: set[int] = set()
         self.busy = ""
         self.lock = threading.Lock()
+        self.wake = threading.Event()  # a new heartbeat period applies at once
 
     def on_frame(self, frame: bytes) -> None:
         kind = frame_kind(frame)
@@ -822,8 +867,8 @@ class _NodeState:
                         REFUSED,
                         {
                             "task": task,
-                            "message": f"node {self.client.node.name!r} refuses a request of "
-                            f"{size} bytes; it accepts up to {self.client.max_message_bytes} "
+                            "message": f"refuses a request of {size} bytes; it accepts up to "
+                            f"{self.client.max_message_bytes} "
                             "bytes ([limits] max_message_mb in its node.toml)",
                         },
                     )
@@ -849,7 +894,8 @@ class _NodeState:
         elif kind == WELCOME:
             body = parse_control(frame, kind, {})
             if isinstance(body.get("heartbeat_s"), (int, float)) and body["heartbeat_s"] > 0:
-                self.heartbeat_s = float(body["heartbeat_s"])
+                self.heartbeat_s = float(body["heartbeat_s"])  # the researcher's, for all nodes
+                self.wake.set()
             self.client.sessions += 1
             log.info("node %r connected to %s", self.client.node.name, self.client.address)
         elif kind != HEARTBEAT:
@@ -875,7 +921,11 @@ class _NodeState:
 
     def heartbeats(self, ended: threading.Event, call: Any) -> None:
         """Send a heartbeat every ``heartbeat_s``; end the call if the researcher went silent."""
-        while not ended.wait(self.heartbeat_s):
+        while True:
+            self.wake.wait(self.heartbeat_s)
+            self.wake.clear()
+            if ended.is_set():
+                return
             self.outbox.put(control(HEARTBEAT, {"busy": self.busy}))
             silent = time.monotonic() - self.last_seen
             if silent > 3 * self.heartbeat_s + 2:

@@ -1,0 +1,524 @@
+"""The gRPC transport's speed and memory: the issue's three questions, answered in one run.
+
+Usage: ``python bench/transport.py [--quick] [--out PATH]``
+
+1. **Demo round time**: the demo workload (3 hospitals, ``torch-mlp``, FedAvg, 20 % held out and
+   validated every round: ``fedplug demo``'s settings) with the local transport (in-process nodes)
+   and with gRPC (``fedplug.demo.grpc_federation``: TLS, one ``fedplug node start`` process per
+   hospital): start-up (until the nodes are connected), round 1 (plans built on the nodes), the
+   median ``round_s`` of rounds 2..N, and the final accuracy and parameters of both.
+2. **Throughput**: a 1 GiB float32 model (4 arrays) sent to 4 node processes whose plan
+   (:class:`EchoPlan`) holds it and trains nothing; their replies averaged (FedAvg). One warm-up
+   round, then timed rounds. Bytes per round = 4 requests down + 4 replies up, as the transport
+   saw them; effective throughput = bytes / median round time, over TLS and plaintext gRPC.
+   Raw loopback: the same bytes sent in this run by a plain TCP socket sender to a child process
+   that ``recv_into()``s preallocated buffers, over one stream and over 4 parallel streams.
+   Where a round goes: until the last node has its request decoded and loaded ("requests in",
+   from the node's clock, which the plan reports as its loss), then until the last reply is folded
+   (node encoding, replies up one at a time, each decoded and folded into FedAvg by the
+   researcher: "decode+fold"), ``result()``, and the CPU seconds of the researcher and the nodes
+   (for raw TCP: sender and receiver); "other CPU s" is the machine's CPU time charged to none
+   of these processes (other processes, interrupt handling): large values mean a disturbed run.
+3. **Researcher peak RSS** with a 256 MiB model and 2, 4 and 8 nodes: the researcher runs alone in
+   a fresh process (the nodes are other processes). Baseline: its ``VmRSS`` once the nodes are
+   connected (Python, numpy, gRPC); then the peak (``VmHWM``) while the Experiment is built, its
+   ``VmRSS`` at rest, and the peak over 2 rounds (``VmHWM`` reset in between).
+
+``--quick``: 128 MiB instead of 1 GiB, 64 MiB instead of 256 MiB, 2 and 4 nodes, fewer rounds.
+
+Targets: effective throughput >= 50 % of the better raw loopback figure (TLS and plaintext each);
+researcher peak RSS <= 3x the model, whatever the node count (NVIDIA FLARE's published
+tensor-streaming example peaks at ~24x, printed beside, not measured here).
+
+Output: the tables, and ``bench/results/transport.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedplug.plan import TrainingPlan, TrainResult
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results" / "transport.json"
+TAGS = ["bench-transport"]
+ARRAYS = 4  # the bench model: 4 float32 arrays of equal size
+DEMO_ROUNDS, QUICK_DEMO_ROUNDS = 20, 5
+BIG_MIB, QUICK_BIG_MIB, BIG_NODES = 1024, 128, 4
+BIG_ROUNDS, QUICK_BIG_ROUNDS = 3, 2  # timed rounds, after one warm-up round
+RSS_MIB, QUICK_RSS_MIB, RSS_ROUNDS = 256, 64, 2
+RSS_NODES, QUICK_RSS_NODES = (2, 4, 8), (2, 4)
+RAW_REPEAT = 3
+THROUGHPUT_TARGET, RSS_TARGET = 0.5, 3.0
+FLARE = "NVIDIA FLARE's tensor streaming example: peak memory ~24x the model"
+
+
+class EchoPlan(TrainingPlan):
+    """A float32 model of ``model_args["mib"]`` MiB in ``model_args["arrays"]`` arrays; training
+    leaves it as it is, so a round is moving the model and averaging it. Shipped as source."""
+
+    def __init__(self, model_args: dict | None = None) -> None:
+        super().__init__(model_args)
+        self.add_dependency(["import time", "import numpy as np"])
+        self.add_dependency("from fedplug.plan import TrainResult")
+        arrays = self.model_args["arrays"]
+        size = (self.model_args["mib"] << 20) // 4 // arrays
+        self.params = {f"layer{i}": np.full(size, 0.01, np.float32) for i in range(arrays)}
+
+    def get_parameters(self) -> dict:
+        return {name: value.copy() for name, value in self.params.items()}
+
+    def parameter_views(self) -> dict:
+        return self.params
+
+    def set_parameters(self, params: dict) -> None:
+        for name, value in params.items():
+            np.copyto(self.params[name], value)
+
+    def train(self, dataset: object, args: object) -> TrainResult:
+        # the "loss" is the node's clock: when its request had arrived, been decoded and loaded
+        return TrainResult(n_samples=len(dataset), n_steps=0, loss=time.time())
+
+    def evaluate(self, dataset: object, args: object) -> dict:
+        return {}
+
+
+class MeteredTransport:
+    """Wraps the researcher's transport: records each dispatch's start and bytes, and the time
+    the Experiment spent on each reply (decoding it, folding it into the aggregator)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.records = inner, []
+
+    def node_tags(self) -> dict[str, list[list[str]]]:
+        return self.inner.node_tags()
+
+    def close(self) -> None:  # the deployment closes the real transport
+        pass
+
+    def dispatch(self, payload: Any, nodes: list[str]) -> Any:
+        parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+        record = {"start": time.time(), "nodes": len(nodes), "reply_bytes": 0, "fold_s": 0.0}
+        record["request_bytes"] = sum(memoryview(p).nbytes for p in parts)
+        self.records.append(record)
+        with contextlib.closing(self.inner.dispatch(payload, nodes)) as stream:
+            for node, reply in stream:
+                if not isinstance(reply, BaseException):
+                    record["reply_bytes"] += memoryview(reply).nbytes
+                start = time.perf_counter()
+                yield node, reply
+                del reply  # do not keep the reply's buffer while the next one arrives
+                record["fold_s"] += time.perf_counter() - start
+
+
+def bench_nodes(count: int, workdir: Path) -> list[Any]:
+    """``count`` node specs with a tiny numpy dataset each, running shipped plans unapproved."""
+    from fedplug.deploy import NodeSpec
+
+    data = workdir / "tiny.npz"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(data, x=np.zeros((8, 2), np.float32), y=np.zeros(8, np.int64))
+    dataset = ("tiny", "numpy", TAGS, {"path": str(data)})
+    return [NodeSpec(f"node-{i}", [dataset], node={"approval": False}) for i in range(count)]
+
+
+def bench_experiment(transport: Any, mib: int) -> Any:
+    from fedplug import Experiment
+    from fedplug.aggregators import FedAverage
+
+    return Experiment(
+        nodes=transport,
+        tags=TAGS,
+        training_plan=EchoPlan,
+        model_args={"mib": mib, "arrays": ARRAYS},
+        aggregator=FedAverage(),
+        seed=0,
+        progress=False,
+    )
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds all processes of the machine have spent (from /proc/stat)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_mib(field: str) -> float:
+    """``VmRSS`` or ``VmHWM`` of this process, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+# -- 1. the demo's rounds -----------------------------------------------------------------------
+def demo_rounds(rounds: int, workdir: Path) -> dict[str, Any]:
+    from fedplug.demo import ALGORITHMS, PLANS, _demo_experiment, demo_nodes, grpc_federation
+    from fedplug.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    plan, _, model_args, training_args = PLANS["torch"]
+    result: dict[str, Any] = {"rounds": rounds, "nodes": 3}
+    finals = {}
+    for transport in ("local", "grpc"):
+        with contextlib.ExitStack() as stack:
+            start = time.perf_counter()
+            if transport == "grpc":
+                federation = stack.enter_context(grpc_federation(3, 0, workdir / "demo"))
+            else:
+                federation = demo_nodes(3, 0, plugin_manager=pm)
+                stack.callback(lambda nodes=federation: [node.stop() for node in nodes])
+            startup_s = time.perf_counter() - start
+            exp = _demo_experiment(
+                federation=federation,
+                plan_name=plan,
+                model_args=model_args,
+                training_args=training_args,
+                rounds=rounds,
+                seed=0,
+                pm=pm,
+                workers=None,
+                recipe=ALGORITHMS["fedavg"],
+                secagg=False,
+                progress=False,
+            )
+            with exp:
+                history = exp.run()
+            finals[transport] = {k: v.copy() for k, v in exp.global_params.items()}
+        times = [row["durations"]["round_s"] for row in history]
+        result[transport] = {
+            "startup_s": startup_s,
+            "first_round_s": times[0],
+            "round_s": statistics.median(times[1:]),
+            "rounds_s": times,
+            "accuracy": history[-1]["validation_global"]["accuracy"],
+        }
+        print(f"  demo, {transport}: {result[transport]['round_s']:.4f} s/round", file=sys.stderr)
+    result["ratio"] = result["grpc"]["round_s"] / result["local"]["round_s"]
+    result["max_abs_param_diff"] = max(
+        float(np.max(np.abs(finals["local"][k] - finals["grpc"][k]))) for k in finals["local"]
+    )
+    return result
+
+
+# -- 2. throughput ------------------------------------------------------------------------------
+def fedplug_throughput(mib: int, rounds: int, tls: bool, workdir: Path) -> dict[str, Any]:
+    """Rounds of the echo model through a local deployment: bytes, times, where they go."""
+    from fedplug.deploy import local_deployment
+
+    home = workdir / ("tls" if tls else "plain")
+    with local_deployment(home, bench_nodes(BIG_NODES, home), tls=tls) as deployment:
+        metered = MeteredTransport(deployment.transport)
+        pids = [proc.pid for proc in deployment.procs.values()]
+        with bench_experiment(metered, mib) as exp:
+            exp.run_once()  # warm-up: plan built on the nodes, first buffers
+            rows = []
+            for _ in range(rounds):
+                cpu = time.process_time(), sum(map(_cpu_s, pids)), _busy_cpu_s()
+                summary = exp.run_once()
+                rec, durations = metered.records[-1], summary["durations"]
+                requests_in = max(summary["train_loss"].values()) - rec["start"]
+                rows.append(
+                    {
+                        "round_s": durations["round_s"],
+                        "requests_in_s": requests_in,
+                        "replies_s": durations["train_s"] - requests_in,
+                        "decode_fold_s": rec["fold_s"],
+                        "aggregate_s": durations["aggregate_s"],
+                        "researcher_cpu_s": time.process_time() - cpu[0],
+                        "nodes_cpu_s": sum(map(_cpu_s, pids)) - cpu[1],
+                        "machine_cpu_s": _busy_cpu_s() - cpu[2],
+                    }
+                )
+            drift = max(float(np.max(np.abs(v - 0.01))) for v in exp.global_params.values())
+    row = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+    down, up = rec["request_bytes"] * rec["nodes"], rec["reply_bytes"]
+    row.update(tls=tls, bytes=down + up, down_bytes=down, up_bytes=up, runs=rows)
+    row.update(max_abs_param_change=drift, gb_per_s=(down + up) / row["round_s"] / 1e9)
+    row["cpu_s"] = row["researcher_cpu_s"] + row["nodes_cpu_s"]
+    row["other_cpu_s"] = max(row["machine_cpu_s"] - row["cpu_s"], 0.0)
+    print(f"  fedplug {'TLS' if tls else 'plaintext'}: {row['gb_per_s']:.3f} GB/s", file=sys.stderr)
+    return row
+
+
+def _sink(pipe: Any, streams: int, buffer_bytes: int, repeat: int) -> None:
+    """Child process: accept ``streams`` connections, ``repeat`` times; each announces its byte
+    count, received into a preallocated buffer (wrapping around), then acknowledged."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=streams)
+    pipe.send(listener.getsockname()[1])
+    buffers = [memoryview(bytearray(buffer_bytes)) for _ in range(streams)]
+
+    def drain(sock: socket.socket, buffer: memoryview) -> None:
+        with sock:
+            (total,) = struct.unpack("<Q", sock.recv(8, socket.MSG_WAITALL))
+            got = 0
+            while got < total:
+                start = got % len(buffer)
+                n = sock.recv_into(buffer[start : start + min(len(buffer) - start, total - got)])
+                if not n:
+                    raise ConnectionError(f"stream ended after {got} of {total} bytes")
+                got += n
+            sock.sendall(b"k")
+
+    for _ in range(repeat):
+        socks = [listener.accept()[0] for _ in range(streams)]
+        threads = [threading.Thread(target=drain, args=p) for p in zip(socks, buffers, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+def _pour(sock: socket.socket, source: memoryview, total: int, errors: list) -> None:
+    try:
+        with sock:
+            sock.sendall(struct.pack("<Q", total))
+            for start in range(0, total, len(source)):
+                sock.sendall(source[: min(len(source), total - start)])
+            if sock.recv(1) != b"k":
+                raise ConnectionError("the sink did not acknowledge")
+    except OSError as exc:
+        errors.append(exc)
+
+
+def raw_loopback(total: int, streams: int, buffer_bytes: int) -> dict[str, Any]:
+    """Seconds to send ``total`` bytes over ``streams`` plain TCP connections to a child."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_sink, args=(child, streams, buffer_bytes, RAW_REPEAT), daemon=True)
+    proc.start()
+    port = parent.recv()
+    source = memoryview(np.full(buffer_bytes, 7, np.uint8)).cast("B")
+    shares = [total // streams + (i < total % streams) for i in range(streams)]
+    times, cpu, other, errors = [], [], [], []
+    for _ in range(RAW_REPEAT):
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(streams)]
+        pairs = zip(socks, shares, strict=True)
+        threads = [threading.Thread(target=_pour, args=(s, source, n, errors)) for s, n in pairs]
+        start, cpu_start = time.perf_counter(), time.process_time() + _cpu_s(proc.pid)
+        busy = _busy_cpu_s()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() + _cpu_s(proc.pid) - cpu_start)
+        other.append(max(_busy_cpu_s() - busy - cpu[-1], 0.0))
+    proc.join(60)
+    if errors or proc.exitcode != 0:
+        raise RuntimeError(f"raw loopback failed: {errors}, sink exit code {proc.exitcode}")
+    seconds = statistics.median(times)
+    print(f"  raw TCP, {streams} stream(s): {total / seconds / 1e9:.3f} GB/s", file=sys.stderr)
+    return {"streams": streams, "bytes": total, "seconds": seconds, "runs_s": times,
+            "gb_per_s": total / seconds / 1e9, "cpu_s": statistics.median(cpu),
+            "other_cpu_s": statistics.median(other)}  # fmt: skip
+
+
+def throughput(mib: int, rounds: int, workdir: Path) -> dict[str, Any]:
+    runs = {name: fedplug_throughput(mib, rounds, name == "TLS", workdir)
+            for name in ("TLS", "plaintext")}  # fmt: skip
+    total = runs["TLS"]["bytes"]
+    raw = [raw_loopback(total, streams, mib << 20) for streams in (1, BIG_NODES)]
+    best = max(r["gb_per_s"] for r in raw)
+    for row in runs.values():
+        row["ratio_to_raw"] = row["gb_per_s"] / best
+    return {"model_mib": mib, "nodes": BIG_NODES, "fedplug": runs, "raw": raw, "raw_best": best}
+
+
+# -- 3. researcher peak RSS ---------------------------------------------------------------------
+def _researcher(pipe: Any, nodes: int, mib: int, workdir: str) -> None:
+    """Child process: a researcher alone in its process, measuring its own memory."""
+    from fedplug.deploy import local_deployment
+
+    home = Path(workdir)
+    try:
+        with local_deployment(home, bench_nodes(nodes, home)) as deployment:
+            row = {"nodes": nodes, "model_mib": mib, "baseline_mib": _status_mib("VmRSS")}
+            with bench_experiment(deployment.transport, mib) as exp:
+                row["build_peak_mib"] = _status_mib("VmHWM")
+                row["at_rest_mib"] = _status_mib("VmRSS")
+                Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+                history = exp.run(RSS_ROUNDS)
+                row["rounds_peak_mib"] = _status_mib("VmHWM")
+        row["round_s"] = [r["durations"]["round_s"] for r in history]
+    except Exception as exc:
+        row = {"error": f"{type(exc).__name__}: {exc}"}
+    pipe.send(row)
+
+
+def peak_rss(mib: int, node_counts: tuple[int, ...], workdir: Path) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    for nodes in node_counts:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_researcher, args=(child, nodes, mib, str(workdir / "rss")))
+        proc.start()
+        row = parent.recv()
+        proc.join()
+        if "error" in row:
+            raise RuntimeError(f"the researcher with {nodes} nodes failed: {row['error']}")
+        row["peak_mib"] = max(row["build_peak_mib"], row["rounds_peak_mib"])
+        row["above_baseline"] = (row["peak_mib"] - row["baseline_mib"]) / mib
+        row["round_adds"] = (row["rounds_peak_mib"] - row["at_rest_mib"]) / mib
+        row["peak_per_model"] = row["peak_mib"] / mib
+        print(f"  {nodes} nodes: peak {row['peak_mib']:.0f} MiB", file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+# -- report -------------------------------------------------------------------------------------
+def tables(demo: dict[str, Any], tput: dict[str, Any], rss: list[dict[str, Any]]) -> dict:
+    from fedplug.report import format_table
+
+    out = {}
+    out["demo"] = format_table(
+        ["transport", "start-up s", "round 1 s", "median round s (2..N)", "accuracy"],
+        [[name, demo[name]["startup_s"], demo[name]["first_round_s"], demo[name]["round_s"],
+          demo[name]["accuracy"]] for name in ("local", "grpc")],
+    )  # fmt: skip
+    senders = [(f"fedplug gRPC, {name}", row["bytes"], row["round_s"], row["cpu_s"],
+                row["other_cpu_s"], f"{row['ratio_to_raw']:.0%}")
+               for name, row in tput["fedplug"].items()]  # fmt: skip
+    senders += [(f"raw TCP, {raw['streams']} stream(s)", raw["bytes"], raw["seconds"],
+                 raw["cpu_s"], raw["other_cpu_s"], None) for raw in tput["raw"]]  # fmt: skip
+    out["throughput"] = format_table(
+        ["sender", "GB", "seconds", "GB/s", "CPU s per GB", "other CPU s", "of raw"],
+        [[label, n / 1e9, s, n / s / 1e9, cpu / n * 1e9, other, share]
+         for label, n, s, cpu, other, share in senders],
+    )  # fmt: skip
+    body = []
+    for name, row in tput["fedplug"].items():
+        down = row["down_bytes"] / row["requests_in_s"] / 1e9
+        up = row["up_bytes"] / (row["replies_s"] - row["decode_fold_s"]) / 1e9
+        body.append([name, row["round_s"], row["requests_in_s"], down, row["replies_s"], up,
+                     row["decode_fold_s"], row["aggregate_s"], row["researcher_cpu_s"],
+                     row["nodes_cpu_s"]])  # fmt: skip
+    out["phases"] = format_table(
+        ["gRPC", "round s", "requests in s", "down GB/s", "replies s", "up GB/s", "decode+fold s",
+         "result() s", "researcher CPU s", "nodes CPU s"], body,
+    )  # fmt: skip
+    out["rss"] = format_table(
+        ["nodes", "baseline MiB", "build peak MiB", "at rest MiB", "rounds peak MiB",
+         "round adds", "(peak-baseline)/model", "peak/model"],
+        [[r["nodes"], round(r["baseline_mib"]), round(r["build_peak_mib"]),
+          round(r["at_rest_mib"]), round(r["rounds_peak_mib"]), f"{r['round_adds']:.2f}x",
+          f"{r['above_baseline']:.2f}x", f"{r['peak_per_model']:.2f}x"] for r in rss],
+    )  # fmt: skip
+    return out
+
+
+def targets(tput: dict[str, Any], rss: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found = [
+        {
+            "target": f"gRPC {name} throughput >= {THROUGHPUT_TARGET:.0%} of raw loopback",
+            "value": f"{row['ratio_to_raw']:.0%} ({row['gb_per_s']:.3f} of "
+            f"{tput['raw_best']:.3f} GB/s)",
+            "met": row["ratio_to_raw"] >= THROUGHPUT_TARGET,
+        }
+        for name, row in tput["fedplug"].items()
+    ]
+    found += [
+        {
+            "target": f"researcher peak RSS <= {RSS_TARGET:g}x model, {row['nodes']} nodes",
+            "value": f"{row['peak_per_model']:.2f}x ({row['peak_mib']:.0f} MiB, "
+            f"{row['model_mib']} MiB model; {row['above_baseline']:.2f}x above the baseline)",
+            "met": row["peak_per_model"] <= RSS_TARGET,
+        }
+        for row in rss
+    ]
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="smaller models, fewer rounds")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON (default {RESULTS})")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f}: other processes make the seconds noisy",
+              file=sys.stderr)  # fmt: skip
+    started = time.perf_counter()
+    big_mib, rss_mib = (QUICK_BIG_MIB, QUICK_RSS_MIB) if quick else (BIG_MIB, RSS_MIB)
+    with tempfile.TemporaryDirectory(prefix="fedplug-bench-transport-") as tmp:
+        workdir = Path(tmp)  # one part after the other: each frees its memory before the next
+        demo = demo_rounds(QUICK_DEMO_ROUNDS if quick else DEMO_ROUNDS, workdir)
+        tput = throughput(big_mib, QUICK_BIG_ROUNDS if quick else BIG_ROUNDS, workdir)
+        rss = peak_rss(rss_mib, QUICK_RSS_NODES if quick else RSS_NODES, workdir)
+    text, found = tables(demo, tput, rss), targets(tput, rss)
+
+    print(f"\n## demo rounds: 3 hospitals, torch-mlp, FedAvg, validation every round, "
+          f"{demo['rounds']} rounds")  # fmt: skip
+    print(text["demo"])
+    print(f"gRPC / local: {demo['ratio']:.2f}x per round; largest parameter difference after "
+          f"{demo['rounds']} rounds: {demo['max_abs_param_diff']:.1e}")  # fmt: skip
+    print(f"\n## throughput: a {big_mib} MiB float32 model to {BIG_NODES} node processes and "
+          "back (FedAvg), median of timed rounds; raw: the same bytes over plain TCP")  # fmt: skip
+    print(text["throughput"])
+    drift = max(row["max_abs_param_change"] for row in tput["fedplug"].values())
+    print(f"the model came back unchanged from the nodes: largest change {drift:.1e}")
+    print("\n## where a gRPC round goes (CPU: all threads; the machine has "
+          f"{os.cpu_count()} cores)")  # fmt: skip
+    print(text["phases"])
+    print(f"\n## researcher RSS: {rss_mib} MiB model, {RSS_ROUNDS} rounds, its own process")
+    print(text["rss"])
+    print()
+    for t in found:
+        print(f"target: {t['target']}: {t['value']}: {'PASS' if t['met'] else 'MISS'}")
+    print(f"published, not measured here: {FLARE}")
+
+    document = {
+        "meta": {
+            "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, "
+            f"Python {platform.python_version()}",
+            "versions": {d: _version(d) for d in ("fedplug", "grpcio", "numpy", "torch")},
+            "quick": quick,
+            "loadavg_before": load,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        "demo": demo,
+        "throughput": tput,
+        "peak_rss": rss,
+        "targets": found,
+        "published": {"NVIDIA FLARE": FLARE},
+        "tables": text,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nbenchmark took {document['meta']['seconds']:.0f} s; JSON in {args.out}")
+    return 0
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
