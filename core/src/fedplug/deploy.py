@@ -25,8 +25,7 @@ from typing import Any
 
 from fedplug.errors import ConfigError
 from fedplug.transport.grpc import GrpcTransport
-
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+from fedplug.transport.local import THREAD_VARS
 
 
 @dataclass
@@ -102,7 +101,7 @@ class Deployment:
         # Nodes that share this machine share its cores: numerical libraries that each size
         # their thread pools to every core fight over them (rounds take 30x longer on 2 cores).
         share = str(max(1, (os.cpu_count() or 1) // max(len(self.configs), 1)))
-        return {var: os.environ.get(var, share) for var in _THREAD_VARS}
+        return {var: os.environ.get(var, share) for var in THREAD_VARS}
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]

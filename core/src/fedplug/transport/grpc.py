@@ -782,7 +782,6 @@ class NodeClient:
         ended = threading.Event()
         state = _NodeState(self, outbox)
         hello = {"name": self.node.name, "tags": self.node.tags(), "wire": msg.VERSION}
-        hello["pid"] = os.getpid()
         outbox.put(control(HELLO, hello))
 
         def outgoing() -> Iterator[bytes]:

@@ -149,8 +149,8 @@ class LocalTransport:
         threads = str(max(1, (os.cpu_count() or 1) // self.workers))
         # Each worker gets its share of the cores before anything is imported in it: numerical
         # libraries size their thread pools at import (the user's ``__main__`` may import torch).
-        saved = {var: os.environ.get(var) for var in _THREAD_VARS}
-        for var in _THREAD_VARS:
+        saved = {var: os.environ.get(var) for var in THREAD_VARS}
+        for var in THREAD_VARS:
             os.environ.setdefault(var, threads)
         try:
             for index in range(self.workers):
@@ -184,7 +184,8 @@ class LocalTransport:
         self._procs = []
 
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: what numerical libraries size their thread pools by, read when they are imported
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class _WorkerProcess:
