@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -173,3 +175,48 @@ def test_median_ignores_sample_counts_but_checks_them():
     assert Median().aggregate({"w": np.zeros(1)}, replies)["w"][0] == 2.0
     with pytest.raises(AggregationError, match="'z'"):
         Median().aggregate({"w": np.zeros(1)}, [("z", {"w": np.array([1.0])}, 0)])
+
+
+# -- folding replies piece by piece (replies streamed by the gRPC transport) ---------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rounds(), st.lists(st.integers(0, 40), max_size=6), st.sampled_from([np.float32, np.float64])
+)
+def test_fedavg_folded_in_pieces_is_bit_identical_to_whole_replies(round_, cuts, dtype):
+    global_params, replies = round_
+    global_params = {name: value.astype(dtype) for name, value in global_params.items()}
+    replies = [(n, {k: v.astype(dtype) for k, v in p.items()}, c) for n, p, c in replies]
+    whole = fedavg(global_params, replies)
+    pieces = FedAverage()
+    assert pieces.streams
+    pieces.begin(global_params)
+    for node, params, n_samples in replies:
+        pieces.check(node, params, n_samples)
+        for name, value in params.items():
+            flat = value.reshape(-1)
+            bounds = sorted({0, flat.size, *(min(c, flat.size) for c in cuts)})
+            for start, stop in itertools.pairwise(bounds):
+                pieces.add_part(name, start, flat[start:stop], n_samples)
+        pieces.commit(node, n_samples)
+    streamed = pieces.result()
+    assert pieces.nodes == [node for node, _, _ in replies]
+    for name, value in whole.items():
+        assert streamed[name].dtype == value.dtype
+        assert streamed[name].tobytes() == value.tobytes(), name
+
+
+def test_a_piece_outside_its_parameter_is_refused():
+    agg = FedAverage()
+    agg.begin({"w": np.zeros(4)})
+    with pytest.raises(AggregationError, match=r"elements 3\.\.5 of 'w' lie outside its 4"):
+        agg.add_part("w", 3, np.ones(2), 1)
+
+
+def test_median_needs_whole_replies():
+    agg = Median()
+    agg.begin({"w": np.zeros(2)})
+    assert not agg.streams
+    with pytest.raises(NotImplementedError, match="Median does not fold replies piece by piece"):
+        agg.add_part("w", 0, np.ones(2), 1)

@@ -48,7 +48,17 @@ NODES = {  # name -> (samples, dataset tags, [node] settings, [limits])
     "limited": (50, ["limited"], {"approval": False}, {"max_message_mb": 1}),
     "strict": (50, ["approval"], {}, {}),
 }
-CLIENTS = ("fake-garbage", "fake-big", "fake-shape", "raw-client", "fuzz-client")
+CLIENTS = (
+    "fake-garbage",
+    "fake-big",
+    "fake-shape",
+    "raw-client",
+    "fuzz-client",
+    "fake-a",
+    "fake-b",
+    "fake-nan",
+    "hangup",
+)
 STARTUP_S = 120.0  # node processes import torch & co.; the machine may be busy
 
 
@@ -271,16 +281,27 @@ class FakeNode:
 
 @contextlib.contextmanager
 def fake_node(
-    cluster: Cluster, name: str, handle: Callable[[Any], bytes], tags: list[str] = TAGS
+    cluster: Cluster,
+    name: str,
+    handle: Callable[[Any], bytes],
+    tags: list[str] = TAGS,
+    **client_options: Any,
 ) -> Iterator[FakeNode]:
     """An in-process node ``name`` (a credential of :data:`CLIENTS`) whose replies are
-    ``handle(request bytes)``, connected to the cluster over TLS with a real NodeClient."""
+    ``handle(request bytes)``, connected to the cluster over TLS with a real NodeClient
+    (``client_options``: more NodeClient settings)."""
     from fedplug.transport.grpc import NodeClient
 
     fake = FakeNode(name, handle, tags)
     client = NodeClient(
-        fake, cluster.address, cluster.token(name), ca_cert=cluster.ca, reconnect_s=0.2
+        fake,
+        cluster.address,
+        cluster.token(name),
+        ca_cert=cluster.ca,
+        reconnect_s=0.2,
+        **client_options,
     )
+    fake.client = client
     thread = threading.Thread(target=client.run, daemon=True, name=f"test-{name}")
     thread.start()
     try:

@@ -70,8 +70,8 @@ print(json.dumps({"id": exp.id, "round_index": exp.round_index}), flush=True)
 if pause != "-":
     dispatch = exp.transport.dispatch
 
-    def paused(payload, nodes):
-        replies = dispatch(payload, nodes)
+    def paused(payload, nodes, **options):
+        replies = dispatch(payload, nodes, **options)
         if exp.round_index == PAUSE_ROUND:
             yield next(replies)
             Path(pause).write_text("paused")

@@ -24,6 +24,9 @@ class Aggregator:
     #: True when the result is the sample-weighted sum of replies divided by the total weight
     #: (what secure aggregation can compute without seeing individual replies).
     weighted_sum = False
+    #: True when a reply can be folded in piece by piece while it arrives (:meth:`add_part`,
+    #: then :meth:`commit`), so that the researcher never holds a whole reply.
+    streams = False
 
     def begin(self, global_params: Params) -> None:
         """Start a round whose replies must match ``global_params`` in names and shapes."""
@@ -40,6 +43,14 @@ class Aggregator:
 
     def add(self, node: str, params: Params, n_samples: int) -> None:
         """Fold in one node's parameters, weighted by its number of training samples."""
+        self.check(node, params, n_samples)
+        self.nodes.append(node)
+        self._add(params, int(n_samples))
+
+    def check(self, node: str, params: Any, n_samples: int) -> None:
+        """Refuse a reply that cannot be folded in: a bad sample count, other parameter names
+        or shapes. ``params`` only needs names and shapes (the arrays may not be there
+        yet)."""
         if (
             isinstance(n_samples, bool)
             or not isinstance(n_samples, (int, np.integer))
@@ -59,8 +70,15 @@ class Aggregator:
                     f"node {node!r} returned {name!r} with shape {np.shape(value)}, "
                     f"expected {self._spec[name]}"
                 )
-        self.nodes.append(node)
-        self._add(params, int(n_samples))
+
+    def add_part(self, name: str, start: int, values: np.ndarray, n_samples: int) -> None:
+        """Streaming aggregators: fold elements ``start:start + values.size`` of parameter
+        ``name`` (flattened) of a reply checked (:meth:`check`) with ``n_samples``."""
+        raise NotImplementedError(f"{type(self).__name__} does not fold replies piece by piece")
+
+    def commit(self, node: str, n_samples: int) -> None:
+        """Streaming aggregators: every part of ``node``'s reply has been folded in."""
+        raise NotImplementedError(f"{type(self).__name__} does not fold replies piece by piece")
 
     def _add(self, params: Params, n_samples: int) -> None:
         raise NotImplementedError
@@ -98,6 +116,7 @@ class FedAverage(Aggregator):
 
     name = "fedavg"
     weighted_sum = True
+    streams = True
 
     _CHUNK = 1 << 18  # elements weighted at a time: bounds the scratch memory to 2 MiB
 
@@ -112,17 +131,30 @@ class FedAverage(Aggregator):
 
     def _add(self, params: Params, n_samples: int) -> None:
         for name, value in params.items():
-            flat_sum = self._sum[name].reshape(-1)
-            flat = np.asarray(value).reshape(-1)
-            scratch = self._scratch.get(flat_sum.dtype)
-            if scratch is None or scratch.size < min(flat.size, self._CHUNK):
-                scratch = np.empty(min(flat.size, self._CHUNK), dtype=flat_sum.dtype)
-                self._scratch[flat_sum.dtype] = scratch
-            for start in range(0, flat.size, self._CHUNK):
-                part = scratch[: min(self._CHUNK, flat.size - start)]
-                np.multiply(flat[start : start + part.size], n_samples, out=part, casting="unsafe")
-                flat_sum[start : start + part.size] += part
+            self.add_part(name, 0, np.asarray(value).reshape(-1), n_samples)
         self._total += n_samples
+
+    def add_part(self, name: str, start: int, values: np.ndarray, n_samples: int) -> None:
+        # element by element the same arithmetic whatever the pieces: streamed or whole replies
+        # give bit-identical sums
+        flat_sum = self._sum[name].reshape(-1)[start : start + values.size]
+        if flat_sum.size != values.size:
+            raise AggregationError(
+                f"elements {start}..{start + values.size} of {name!r} lie outside its "
+                f"{self._sum[name].size} elements"
+            )
+        scratch = self._scratch.get(flat_sum.dtype)
+        if scratch is None or scratch.size < min(values.size, self._CHUNK):
+            scratch = np.empty(min(values.size, self._CHUNK), dtype=flat_sum.dtype)
+            self._scratch[flat_sum.dtype] = scratch
+        for offset in range(0, values.size, self._CHUNK):
+            part = scratch[: min(self._CHUNK, values.size - offset)]
+            np.multiply(values[offset : offset + part.size], n_samples, out=part, casting="unsafe")
+            flat_sum[offset : offset + part.size] += part
+
+    def commit(self, node: str, n_samples: int) -> None:
+        self.nodes.append(node)
+        self._total += int(n_samples)
 
     def _result(self) -> Params:
         if self._total:  # divide in place once; a second call returns the same mean

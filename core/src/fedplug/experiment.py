@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import inspect
 import json
+import logging
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,8 @@ from fedplug.planref import load_plan_class, make_plan_ref
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
 from fedplug.secagg import SecAggScheme
 from fedplug.transport.local import LocalTransport
+
+log = logging.getLogger("fedplug.experiment")
 
 _FAILURE_POLICIES = ("fail", "skip")
 
@@ -682,47 +687,47 @@ class Experiment:
         on_reply: Any,
         nodes: list[str] | None = None,
         min_nodes: int | None = None,
+        fold: _StreamFold | None = None,
     ) -> tuple[dict[str, Any], dict[str, str]]:
-        """Dispatch ``payload``; pass each good reply to ``on_reply``; apply the failure policy."""
+        """Dispatch ``payload``; pass each good reply to ``on_reply``; apply the failure policy.
+
+        With ``fold``, and a transport that streams replies, a reply is folded in while it
+        arrives (``fold`` instead of ``on_reply``): never held whole."""
         nodes = self.nodes if nodes is None else nodes
         min_nodes = self.min_nodes if min_nodes is None else min_nodes
         replies: dict[str, Any] = {}
         failures: dict[str, str] = {}
+        streaming = fold is not None and getattr(self.transport, "streams_replies", False)
+        options = {"streams": True} if streaming else {}
+        folded: list[tuple[str, Any]] = []  # streamed replies folded in, to fold them again
         # closing(): a round that fails stops the dispatch at once and lets the transport clean up
-        with contextlib.closing(self.transport.dispatch(payload, nodes)) as stream:
+        with contextlib.closing(self.transport.dispatch(payload, nodes, **options)) as stream:
             for node, raw in stream:
                 try:
                     if isinstance(raw, NodeError):
                         raise raw
                     if isinstance(raw, BaseException):
                         raise NodeError(node, f"did not answer: {type(raw).__name__}: {raw}")
-                    reply = msg.decode(raw, (expected, msg.ErrorReply))
-                    if reply.node != node:
-                        raise MessageError(
-                            f"reply from {node!r} claims to come from {reply.node!r}"
-                        )
-                    if reply.experiment_id != self.id or reply.round_index != index:
-                        raise MessageError(
-                            f"reply from {node!r} is for experiment {reply.experiment_id!r} round "
-                            f"{reply.round_index}, expected {self.id!r} round {index}"
-                        )
-                    if isinstance(reply, msg.ErrorReply):
-                        raise NodeError(node, f"{reply.error}: {reply.message}")
-                    on_reply(node, reply)
+                    if streaming:
+                        reply = self._receive(node, raw, index, expected, fold)
+                        folded.append((node, raw))
+                    else:
+                        reply = msg.decode(raw, (expected, msg.ErrorReply))
+                        self._check_reply(node, reply, index)
+                        on_reply(node, reply)
                     if isinstance(reply, msg.TrainReply):  # folded: let its memory go
                         reply.params, reply.aux_vars, reply.secagg = {}, {}, None
                     replies[node] = reply
                 except FedplugError as exc:
-                    text = (
-                        exc.detail if isinstance(exc, NodeError) else f"{type(exc).__name__}: {exc}"
-                    )
                     if self.on_node_failure == "fail":
                         raise NodeError(
                             node,
-                            f"{text} (round {index}; the global model is unchanged; "
+                            f"{_failure(exc)} (round {index}; the global model is unchanged; "
                             "use on_node_failure='skip' to continue without failing nodes)",
                         ) from None
-                    failures[node] = text
+                    failures[node] = _failure(exc)
+                    if streaming and fold.dirty:
+                        self._refold(folded, replies, failures, index, expected, fold)
                 raw = reply = None  # its buffer goes before the next reply is received
         if len(replies) < min_nodes:
             raise NodeError(
@@ -731,6 +736,68 @@ class Experiment:
                 f"(min_nodes={min_nodes}); failures: {failures}; the global model is unchanged",
             )
         return replies, failures
+
+    def _check_reply(self, node: str, reply: Any, index: int) -> None:
+        """A reply must come from ``node``, for this experiment and round, and not be an error."""
+        if reply.node != node:
+            raise MessageError(f"reply from {node!r} claims to come from {reply.node!r}")
+        if reply.experiment_id != self.id or reply.round_index != index:
+            raise MessageError(
+                f"reply from {node!r} is for experiment {reply.experiment_id!r} round "
+                f"{reply.round_index}, expected {self.id!r} round {index}"
+            )
+        if isinstance(reply, msg.ErrorReply):
+            raise NodeError(node, f"{reply.error}: {reply.message}")
+
+    def _receive(
+        self, node: str, stream: Any, index: int, expected: type, fold: _StreamFold
+    ) -> Any:
+        """Decode a streamed reply, folding its parameters in piece by piece as they arrive."""
+
+        def on_header(reply: Any) -> dict[msg.ArraySlot, msg.Sink]:
+            self._check_reply(node, reply, index)  # before any of its arrays is read
+            sinks = fold.accept(node, reply)
+            return {slot: _marking(fold, sink) for slot, sink in sinks.items()}
+
+        reply = msg.decode_stream(
+            stream, stream.size, (expected, msg.ErrorReply), on_header=on_header
+        )
+        fold.commit(node, reply)
+        fold.dirty = False
+        return reply
+
+    def _refold(
+        self,
+        folded: list[tuple[str, Any]],
+        replies: dict[str, Any],
+        failures: dict[str, str],
+        index: int,
+        expected: type,
+        fold: _StreamFold,
+    ) -> None:
+        """A reply failed after part of it was folded in: fold the round again from zero with
+        the replies accepted so far, which their nodes send again (a node keeps its reply until
+        the round ends). A node that cannot send it again fails too. The sum is then the same,
+        bit for bit, as if the failed nodes had never replied."""
+        log.warning(
+            "a reply failed after part of it was folded in; folding round %d again from the "
+            "replies of %s",
+            index,
+            [node for node, _ in folded],
+        )
+        while True:
+            fold.reset()
+            fold.dirty = False
+            for position, (node, stream) in enumerate(folded):
+                try:
+                    self._receive(node, stream.replay(), index, expected, fold)
+                except FedplugError as exc:
+                    failures[node] = f"{_failure(exc)} (while its reply was received again)"
+                    replies.pop(node, None)
+                    del folded[position]
+                    break
+            else:
+                return
 
     def _secagg_exchange(self, index: int) -> Any:
         """The ``exchange`` function a secure-aggregation scheme runs its steps with."""
@@ -791,8 +858,42 @@ class Experiment:
             for key, value in aux.items():
                 aux_sum[key] = value if key not in aux_sum else aux_sum[key] + value
 
+        def accept(node: str, reply: Any) -> dict[msg.ArraySlot, msg.Sink]:
+            """A streamed reply's header: the same checks as ``fold``, before any array."""
+            if params_spec(reply.params) != spec:
+                raise MessageError(
+                    f"node {node!r} returned parameters {params_spec(reply.params)}, "
+                    f"expected {spec}"
+                )
+            if reply.aux_vars:
+                if self.agg_optimizer is None:
+                    self._received_aux_vars(node, reply.aux_vars, expected_aux)  # raises
+                raise NodeError(
+                    node,
+                    f"returned auxiliary variables for {sorted(reply.aux_vars)}, which no module "
+                    f"of the researcher's optimizer {self.agg_optimizer.module_names} uses",
+                )
+            try:
+                self.aggregator.check(node, reply.params, reply.n_samples)
+            except AggregationError as exc:
+                raise NodeError(node, str(exc)) from None
+            n_samples = int(reply.n_samples)
+            return {
+                slot: functools.partial(self.aggregator.add_part, name, n_samples=n_samples)
+                for name, slot in reply.params.items()
+            }
+
+        streamed = None
+        if self.secagg is None and self.aggregator.streams and not expected_aux:
+            streamed = _StreamFold(
+                accept=accept,
+                commit=lambda node, reply: self.aggregator.commit(node, reply.n_samples),
+                reset=lambda: self.aggregator.begin(self._global),
+            )
         payload = self._request(msg.TrainRequest, index, self._global, context)
-        replies, failures = self._collect(payload, index, msg.TrainReply, fold, nodes=nodes)
+        replies, failures = self._collect(
+            payload, index, msg.TrainReply, fold, nodes=nodes, fold=streamed
+        )
         for node in self.nodes:
             if node not in nodes:
                 reason = self.secagg.failures.get(node, "no reason given")
@@ -850,6 +951,30 @@ class Experiment:
             f"Experiment(plan={self.plan_class.__qualname__}, nodes={self.nodes}, "
             f"aggregator={self.aggregator.name!r}, round={self.round_index}/{self.round_limit})"
         )
+
+
+@dataclass
+class _StreamFold:
+    """How a training round folds in replies that a transport streams (see ``_collect``):
+    ``accept(node, reply)`` checks a reply's header and returns a sink per streamed array,
+    ``commit(node, reply)`` closes a reply all folded in, ``reset()`` forgets the round's sum."""
+
+    accept: Callable[[str, Any], dict[msg.ArraySlot, msg.Sink]]
+    commit: Callable[[str, Any], None]
+    reset: Callable[[], None]
+    dirty: bool = False  # part of a reply not yet committed has been folded in
+
+
+def _marking(fold: _StreamFold, sink: msg.Sink) -> msg.Sink:
+    def marked(start: int, values: np.ndarray) -> None:
+        fold.dirty = True
+        sink(start, values)
+
+    return marked
+
+
+def _failure(exc: FedplugError) -> str:
+    return exc.detail if isinstance(exc, NodeError) else f"{type(exc).__name__}: {exc}"
 
 
 def _partners(aux_vars: dict[str, Any]) -> list[str]:

@@ -23,7 +23,7 @@ import math
 import struct
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -338,17 +338,19 @@ class _Decoder:
             )
         if nbytes:
             self.spans.append((offset, nbytes))
+        return self._make(path, np.dtype(dtype), tuple(shape), offset, nbytes)
+
+    def _make(self, path: str, dtype: np.dtype, shape: tuple, offset: int, nbytes: int) -> Any:
         try:
             start = self.raw_start + offset
             arr = np.frombuffer(self.data[start : start + nbytes], dtype=dtype).reshape(shape)
         except (ValueError, OverflowError) as exc:
             raise MessageError(f"{path}: invalid shape {tuple(shape)}: {exc}") from None
-        # One summing pass: a finite sum proves every value finite; only a NaN, an infinity or
-        # an overflowing sum of huge values needs the exact, slower scan.
-        if arr.dtype.kind == "f" and not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
-            bad = "NaN" if np.isnan(arr).any() else "infinite values"
-            raise MessageError(f"{path}: contains {bad}; refusing non-finite parameters")
+        _check_finite(arr, path)
         return arr
+
+    def placed(self, arrays: dict[str, Any]) -> None:
+        """Called with each map of arrays once built."""
 
     def check_tiling(self) -> None:
         """The arrays must cover the raw section exactly: no overlap, gap or trailing bytes."""
@@ -363,6 +365,14 @@ class _Decoder:
             raise MessageError(
                 f"{self.raw_size - position} bytes of array data are not used by any array"
             )
+
+
+def _check_finite(arr: np.ndarray, path: str) -> None:
+    # One summing pass: a finite sum proves every value finite; only a NaN, an infinity or an
+    # overflowing sum of huge values needs the exact, slower scan.
+    if arr.dtype.kind == "f" and not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
+        bad = "NaN" if np.isnan(arr).any() else "infinite values"
+        raise MessageError(f"{path}: contains {bad}; refusing non-finite parameters")
 
 
 def _check_json(value: Any, path: str, depth: int = 0) -> Any:
@@ -395,7 +405,9 @@ def _field_decoder(hint: Any) -> FieldDecoder:
             if not isinstance(value, dict):
                 raise MessageError(f"{path}: expected a map of arrays, got {type(value).__name__}")
             _check_keys(value, path)
-            return {name: dec.array(raw, f"{path}.{name}") for name, raw in value.items()}
+            arrays = {name: dec.array(raw, f"{path}.{name}") for name, raw in value.items()}
+            dec.placed(arrays)
+            return arrays
 
         return arrays
     if origin in (typing.Union, types.UnionType):
@@ -506,6 +518,16 @@ def decode(
     if len(data) > max_bytes:
         raise MessageError(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
     envelope, raw_start = read_header(data)
+    cls = _message_class(envelope, expected)
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    decoder = _Decoder(view.cast("B") if view.format != "B" else view, raw_start)
+    message = _decode_fields(decoder, cls, envelope["body"], cls.__name__)
+    decoder.check_tiling()
+    return message
+
+
+def _message_class(envelope: Any, expected: type | tuple[type, ...] | None) -> type:
+    """The message type an unpacked header announces, checked against ``expected``."""
     if not (isinstance(envelope, dict) and set(envelope) == {"fedplug", "type", "body"}):
         raise MessageError("malformed message: not a fedplug envelope")
     if type(envelope["fedplug"]) is not int or envelope["fedplug"] != VERSION:
@@ -523,8 +545,182 @@ def decode(
             [t.__name__ for t in expected] if isinstance(expected, tuple) else [expected.__name__]
         )
         raise MessageError(f"expected a {' or '.join(names)}, got a {cls.__name__}")
-    view = data if isinstance(data, memoryview) else memoryview(data)
-    decoder = _Decoder(view.cast("B") if view.format != "B" else view, raw_start)
+    return cls
+
+
+# -- decoding a message that arrives in pieces --------------------------------------------------
+
+
+@dataclass(eq=False)
+class ArraySlot:
+    """Where an array of a message being received will be: what :func:`decode_stream`'s
+    ``on_header`` sees in place of each array, before any of its bytes have arrived."""
+
+    path: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+    @property
+    def size(self) -> int:
+        return self.nbytes // self.dtype.itemsize
+
+
+#: ``sink(start, values)``: consecutive elements of a streamed array, ``values`` a 1-D read-only
+#: array (possibly unaligned) that is valid only during the call, ``start`` its first index.
+Sink = Callable[[int, np.ndarray], None]
+
+
+class _SlotDecoder(_Decoder):
+    """Validates a header whose arrays have not arrived: they become :class:`ArraySlot`\\ s."""
+
+    def __init__(self, raw_size: int) -> None:
+        self.raw_start, self.raw_size = 0, raw_size
+        self.spans = []
+        self.slots: list[tuple[ArraySlot, dict[str, Any], str]] = []  # and where each goes
+        self._pending: list[ArraySlot] = []
+
+    def _make(self, path: str, dtype: np.dtype, shape: tuple, offset: int, nbytes: int) -> Any:
+        slot = ArraySlot(path, dtype, shape, offset, nbytes)
+        self._pending.append(slot)
+        return slot
+
+    def placed(self, arrays: dict[str, Any]) -> None:
+        by_id = {id(slot): slot for slot in self._pending}
+        for name, value in arrays.items():
+            if id(value) in by_id:
+                self.slots.append((value, arrays, name))
+        self._pending = []
+
+
+class _Filling:
+    """Bytes of one array as they arrive: copied into a new array, or passed on to a sink in
+    whole elements (an element split across two chunks is joined first)."""
+
+    def __init__(self, slot: ArraySlot, sink: Sink | None) -> None:
+        self.slot, self.sink = slot, sink
+        self.buffer = None if sink is not None else np.empty(slot.nbytes, np.uint8)
+        self.carry = b""
+        self.emitted = 0
+
+    def write(self, within: int, data: memoryview) -> None:
+        if self.buffer is not None:
+            self.buffer[within : within + len(data)] = np.frombuffer(data, np.uint8)
+            return
+        itemsize = self.slot.dtype.itemsize
+        if self.carry:
+            need = itemsize - len(self.carry)
+            self.carry += bytes(data[:need])
+            data = data[need:]
+            if len(self.carry) < itemsize:
+                return
+            self._emit(np.frombuffer(self.carry, self.slot.dtype))
+            self.carry = b""
+        whole = len(data) - len(data) % itemsize
+        if whole:
+            self._emit(np.frombuffer(data[:whole], self.slot.dtype))
+        if whole < len(data):
+            self.carry = bytes(data[whole:])
+
+    def _emit(self, values: np.ndarray) -> None:
+        _check_finite(values, self.slot.path)
+        self.sink(self.emitted, values)
+        self.emitted += values.size
+
+    def array(self) -> np.ndarray:
+        arr = self.buffer.view(self.slot.dtype).reshape(self.slot.shape)
+        _check_finite(arr, self.slot.path)
+        arr.flags.writeable = False
+        return arr
+
+
+def decode_stream(
+    chunks: Iterable[Any],
+    size: int,
+    expected: type[T] | tuple[type, ...] | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    on_header: Callable[[Any], dict[ArraySlot, Sink] | None] | None = None,
+) -> T:
+    """Decode a message of ``size`` bytes that arrives as ``chunks`` (any split), validating it
+    as :func:`decode` does, without ever holding the whole message.
+
+    ``on_header(message)`` sees the message as soon as its header is read and validated, before
+    any array byte: its arrays are :class:`ArraySlot` placeholders. It may raise to refuse the
+    message, and returns the :data:`Sink` for each array it takes as it arrives (checked finite
+    piece by piece); those stay slots in the returned message. The other arrays are copied into
+    arrays of their own. ``chunks`` is closed (if it can be) however decoding ends.
+    """
+    if not (isinstance(size, int) and 4 <= size <= max_bytes):
+        raise MessageError(f"message of {size} bytes: a message has 4 to {max_bytes} bytes")
+    it = iter(chunks)
+    try:
+        return _decode_stream(it, size, expected, on_header)
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+def _decode_stream(it: Iterator[Any], size: int, expected: Any, on_header: Any) -> Any:
+    head = bytearray()
+    rest = memoryview(b"")
+    need = 4
+    while len(head) < need:
+        chunk = next(it, None)
+        if chunk is None:
+            raise MessageError(f"message ended after {len(head)} of {size} bytes")
+        view = memoryview(chunk).cast("B")
+        take = need - len(head)
+        head += view[:take]
+        rest = view[take:]
+        if need == 4 and len(head) == 4:
+            (header_size,) = struct.unpack_from("<I", head)
+            if header_size > size - 4:
+                raise MessageError(
+                    f"malformed message: header of {header_size} bytes announced, "
+                    f"{size - 4} available"
+                )
+            need = 4 + header_size
+            take = min(need - 4, len(rest))
+            head += rest[:take]
+            rest = rest[take:]
+    envelope, raw_start = read_header(head)
+    cls = _message_class(envelope, expected)
+    decoder = _SlotDecoder(size - raw_start)
     message = _decode_fields(decoder, cls, envelope["body"], cls.__name__)
     decoder.check_tiling()
+    sinks = (on_header(message) if on_header is not None else None) or {}
+    fillings = sorted(
+        ((_Filling(slot, sinks.get(slot)), where, name) for slot, where, name in decoder.slots),
+        key=lambda item: item[0].slot.offset,
+    )
+    pending = [item for item in fillings if item[0].slot.nbytes]
+    index, position = 0, 0
+    if len(rest) > decoder.raw_size:
+        raise MessageError(f"message continues past its announced {size} bytes")
+    while True:
+        while len(rest):
+            filling = pending[index][0]
+            within = position - filling.slot.offset
+            take = min(filling.slot.nbytes - within, len(rest))
+            filling.write(within, rest[:take])
+            rest, position = rest[take:], position + take
+            if within + take == filling.slot.nbytes:
+                index += 1
+        if position == decoder.raw_size:
+            break
+        chunk = next(it, None)
+        if chunk is None:
+            raise MessageError(f"message ended after {raw_start + position} of {size} bytes")
+        rest = memoryview(chunk).cast("B")
+        if len(rest) > decoder.raw_size - position:
+            raise MessageError(f"message continues past its announced {size} bytes")
+    for chunk in it:
+        if len(memoryview(chunk)):
+            raise MessageError(f"message continues past its announced {size} bytes")
+    for filling, where, name in fillings:
+        if filling.sink is None:
+            where[name] = filling.array()
     return message

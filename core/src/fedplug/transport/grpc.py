@@ -20,7 +20,11 @@ message limit applies but the receiver's own (``max_reply_bytes``, a node's ``ma
   aggregator in the order of the request's node list (the same sum, bit for bit, every run) and
   one at a time; replies that arrive early are held while they fit in ``early_reply_bytes``,
   otherwise they wait on their node. Researcher memory is thus O(model), whatever the number of
-  nodes.
+  nodes. With ``dispatch(..., streams=True)`` the reply whose turn it is is not even assembled:
+  the caller gets a :class:`ReplyStream` of its DATA frames as they arrive (a few frames are
+  buffered; beyond that the node waits) and folds them in, and can ask for the reply again
+  (:meth:`ReplyStream.replay`): a node keeps its reply until the researcher ends the round with
+  CANCEL.
 - Liveness: both sides send HEARTBEAT frames every ``heartbeat_s`` (the researcher sets it for
   all); a node silent for ``heartbeat_timeout`` is dropped and its task fails, and gRPC keepalive
   pings detect dead connections underneath. ``request_timeout`` bounds each request.
@@ -48,6 +52,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -79,6 +84,7 @@ _KIND_NAMES = {
     HEARTBEAT: "HEARTBEAT",
 }
 _DATA_HEAD = struct.Struct("<BQQ")
+STREAM_FRAMES = 4  # DATA frames of a streamed reply held before its node has to wait
 _TOKEN_HEADER = "authorization"
 
 
@@ -218,12 +224,14 @@ class _Task:
     started: float = field(default_factory=time.monotonic)
     state: str = "sending"  # sending -> running -> ready -> receiving -> done | failed
     size: int = 0
-    receiver: Receiver | None = None
+    receiver: Receiver | None = None  # a reply granted early: assembled in a buffer
+    frames: deque | None = None  # a streamed reply: DATA frames not yet taken
+    received: int = 0  # bytes of a streamed reply that have arrived
     error: str = ""
 
     def fail(self, reason: str) -> None:
         if self.state not in ("done", "failed"):
-            self.state, self.error, self.receiver = "failed", reason, None
+            self.state, self.error, self.receiver, self.frames = "failed", reason, None, None
 
 
 @dataclass(eq=False)
@@ -454,6 +462,9 @@ class GrpcTransport:
         if kind == HEARTBEAT:
             return
         if kind == DATA:
+            if task is not None and task.state == "receiving" and task.frames is not None:
+                self._stream_frame(conn, task, frame)
+                return
             if task is not None and task.state == "receiving" and task.receiver is not None:
                 if task.receiver.add(frame):
                     task.state = "done"
@@ -487,6 +498,56 @@ class GrpcTransport:
             self._cv.notify_all()
             return
         raise ProtocolError(f"unexpected {_KIND_NAMES[kind]} frame from a node")
+
+    def _stream_frame(self, conn: _Conn, task: _Task, frame: bytes) -> None:
+        """Queue a DATA frame of the streamed reply (lock held); wait while the queue is full,
+        so that gRPC's flow control makes the node wait rather than memory grow."""
+        if len(frame) < _DATA_HEAD.size:
+            raise ProtocolError(f"DATA frame of {len(frame)} bytes is shorter than its header")
+        _, task_id, offset = _DATA_HEAD.unpack_from(frame)
+        n = len(frame) - _DATA_HEAD.size
+        if task_id != task.id or offset != task.received or task.received + n > task.size:
+            raise ProtocolError(
+                f"DATA frame for task {task_id} at offset {offset} (+{n} bytes) does not "
+                f"continue task {task.id} ({task.received} of {task.size} bytes received)"
+            )
+        while task.frames is not None and len(task.frames) >= STREAM_FRAMES and conn.alive:
+            self._cv.wait(0.5)
+            conn.last_seen = time.monotonic()  # the reader waits on the researcher, not the node
+        if task.frames is None or not conn.alive:
+            return  # the task ended meanwhile
+        task.frames.append(frame)
+        task.received += n
+        if task.received == task.size:
+            task.state = "done"
+        self._cv.notify_all()
+
+    def _next_frame(self, task: _Task) -> bytes | None:
+        """The next DATA frame of a streamed reply; None once all have been taken."""
+        with self._cv:
+            while True:
+                if task.frames:
+                    frame = task.frames.popleft()
+                    self._cv.notify_all()
+                    return frame
+                if task.state == "done":
+                    return None
+                if task.state == "failed":
+                    raise NodeError(task.node, task.error)
+                self._cv.wait(0.5)
+
+    def _regrant(self, task: _Task) -> None:
+        """Ask ``task``'s node for its reply again (it keeps it until the round ends)."""
+        with self._cv:
+            conn = task.conn
+            if conn is None or not conn.alive or self._conns.get(conn.name) is not conn:
+                raise NodeError(task.node, "disconnected before its reply could be sent again")
+            if task.state != "done" or conn.task not in (None, task):
+                raise ProtocolError(f"task {task.id} cannot be replayed in state {task.state}")
+            task.state, task.error, task.received = "receiving", "", 0
+            task.frames, task.receiver = deque(), None
+            conn.task = task
+            conn.outbox.put(control(GRANT, {"task": task.id}))
 
     def _cancel(self, conn: _Conn, task: _Task) -> None:
         conn.cancelled.add(task.id)
@@ -574,11 +635,16 @@ class GrpcTransport:
                 f"{listing}{refused}"
             )
 
+    streams_replies = True  # dispatch(..., streams=True) yields ReplyStreams
+
     def dispatch(
-        self, payload: bytes | list[Any], nodes: list[str]
-    ) -> Iterator[tuple[str, bytes | memoryview | BaseException]]:
+        self, payload: bytes | list[Any], nodes: list[str], streams: bool = False
+    ) -> Iterator[tuple[str, bytes | memoryview | ReplyStream | BaseException]]:
         """Send ``payload`` to ``nodes``; yield each reply in ``nodes`` order, one at a time:
-        the reply's buffer is released when the caller asks for the next one."""
+        the reply's buffer is released when the caller asks for the next one.
+
+        With ``streams``, each reply is a :class:`ReplyStream` to read while it arrives; it can
+        be replayed until the dispatch ends."""
         parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else payload
         size = sum(memoryview(p).nbytes for p in parts)
         self._reply_limit = self.max_reply_bytes or max(64 << 20, 2 * size + (1 << 20))
@@ -599,20 +665,24 @@ class GrpcTransport:
                 conn.outbox.put(self._sending(task, parts))
         try:
             for position, task in enumerate(tasks):
-                self._await(task, tasks[position + 1 :])
-                if task.state == "done":
-                    reply: Any = task.receiver.message()
+                self._await(task, tasks[position + 1 :], streams)
+                if task.state == "failed":
+                    reply: Any = NodeError(task.node, task.error)
+                elif streams:
+                    buffered = task.receiver.message() if task.receiver is not None else None
+                    reply = ReplyStream(self, task, buffered)
                 else:
-                    reply = NodeError(task.node, task.error)
+                    reply = task.receiver.message()
                 task.receiver = None
-                self._release(task)
+                if task.frames is None:
+                    self._release(task)
                 yield task.node, reply
                 del reply
         finally:
             with self._cv:
                 for task in tasks:
-                    if task.state not in ("done", "failed") and task.conn is not None:
-                        self._cancel(task.conn, task)
+                    if task.conn is not None and task.state != "failed":
+                        self._cancel(task.conn, task)  # the node lets go of its reply
                     task.fail("the round stopped before this reply was needed")
                     self._release(task)
 
@@ -627,13 +697,15 @@ class GrpcTransport:
         if conn is not None and conn.task is task:
             conn.task = None
 
-    def _await(self, task: _Task, later: list[_Task]) -> None:
-        """Wait for ``task`` to finish, granting replies: ``task``'s at once, later ones while
-        they fit in ``early_reply_bytes``."""
+    def _await(self, task: _Task, later: list[_Task], streams: bool = False) -> None:
+        """Wait for ``task`` to finish (with ``streams``: to start sending its reply), granting
+        replies: ``task``'s at once, later ones while they fit in ``early_reply_bytes``."""
         with self._cv:
             while task.state not in ("done", "failed"):
                 if task.state == "ready":
-                    self._grant(task)
+                    self._grant(task, streams)
+                    if streams:
+                        return
                 held = sum(t.size for t in later if t.state in ("receiving", "done"))
                 for other in later:
                     if other.state == "ready" and held + other.size <= self.early_reply_bytes:
@@ -648,9 +720,12 @@ class GrpcTransport:
                         break
                 self._cv.wait(0.5)
 
-    def _grant(self, task: _Task) -> None:
+    def _grant(self, task: _Task, streams: bool = False) -> None:
         task.state = "receiving"
-        task.receiver = Receiver(task.id, task.size)
+        if streams:
+            task.frames, task.received = deque(), 0
+        else:
+            task.receiver = Receiver(task.id, task.size)
         task.conn.outbox.put(control(GRANT, {"task": task.id}))
 
     def close(self) -> None:
@@ -676,6 +751,51 @@ class GrpcTransport:
             f"GrpcTransport({self.address!r}, port={self.port}, tls={self.tls}, "
             f"nodes={sorted(self._conns)})"
         )
+
+
+class ReplyStream:
+    """A node's reply while it arrives (``GrpcTransport.dispatch(..., streams=True)``): iterate
+    to get its bytes in order, in pieces (DATA frames, ``size`` bytes in all); iteration raises
+    :class:`NodeError` if the node fails meanwhile. A piece is valid until the next is taken."""
+
+    def __init__(self, transport: GrpcTransport, task: _Task, buffered: Any = None) -> None:
+        self.node, self.size = task.node, task.size
+        self._transport, self._task, self._buffered = transport, task, buffered
+        self._used = False
+
+    def __iter__(self) -> Iterator[memoryview]:
+        if self._used:
+            raise ProtocolError("a ReplyStream is read once; replay() reads the reply again")
+        self._used = True
+        buffered, self._buffered = self._buffered, None
+        if buffered is not None:  # granted early, already assembled
+            yield buffered
+            return
+        transport, task = self._transport, self._task
+        complete = False
+        try:
+            while (frame := transport._next_frame(task)) is not None:
+                yield memoryview(frame)[_DATA_HEAD.size :]
+                del frame
+            complete = True
+        finally:
+            with transport._cv:
+                if not complete and task.state not in ("done", "failed"):
+                    if task.conn is not None:  # abandoned: no more of its frames
+                        transport._cancel(task.conn, task)
+                    task.fail("its reply was refused while it arrived")
+                    transport._cv.notify_all()
+                task.frames = None
+                transport._release(task)
+
+    def replay(self) -> ReplyStream:
+        """The same reply again, sent anew by its node (within the same dispatch)."""
+        self._buffered = None
+        self._transport._regrant(self._task)
+        return ReplyStream(self._transport, self._task)
+
+    def __repr__(self) -> str:
+        return f"ReplyStream(node={self.node!r}, size={self.size})"
 
 
 def _status(exc: Any) -> str:
@@ -873,11 +993,13 @@ class _NodeState:
                     )
                 )
                 return
+            with self.lock:  # a new round: replies of earlier ones are not wanted any more
+                self.replies.clear()
             self.receiver = Receiver(task, size)
         elif kind == GRANT:
             task = parse_control(frame, kind, {"task": int})["task"]
-            with self.lock:
-                reply = self.replies.pop(task, None)
+            with self.lock:  # kept until CANCEL: the researcher may ask for it again
+                reply = self.replies.get(task)
             if reply is not None:
                 self.outbox.put(
                     data_frames(task, [reply], self.client.chunk_bytes, self._cut(task))
