@@ -564,6 +564,32 @@ def test_a_misbehaving_node_is_skipped_under_the_skip_policy(make_nodes, node_cl
         assert re.search(match, row["failures"][bad.name])
 
 
+def test_handle_buffer_serves_requests_like_handle(make_nodes):
+    """What a gRPC node sends is a numpy buffer (cheaper for large replies) holding the reply
+    handle() would give."""
+    [node] = make_nodes((40,))
+    request = msg.TrainRequest(
+        experiment_id="exp-1",
+        round_index=0,
+        plan=msg.PlanRef(name="numpy-logreg"),
+        model_args=MODEL_ARGS,
+        training_args=TRAINING_ARGS,
+        tags=[],
+        params={"weight": np.full((4, 2), 0.5), "bias": np.zeros(2)},
+    )
+    buffer = node.handle_buffer(msg.encode(request))
+    assert buffer.dtype == np.uint8 and buffer.ndim == 1
+    reply = msg.decode(memoryview(buffer), msg.TrainReply)
+    assert {k: v.shape for k, v in reply.params.items()} == {"weight": (4, 2), "bias": (2,)}
+    assert reply.n_samples > 0 and not np.array_equal(
+        reply.params["weight"], request.params["weight"]
+    )
+    bad = replace(request, params={"weight": np.zeros((3, 2)), "bias": np.zeros(2)})
+    payload = msg.encode(bad)
+    assert node.handle_buffer(payload).tobytes() == node.handle(payload)
+    assert msg.decode(node.handle_buffer(b"garbage").tobytes()).error == "MessageError"
+
+
 def test_a_node_answers_bad_requests_with_error_replies(make_nodes):
     [node] = make_nodes((40,))
     for payload in (b"garbage", msg.encode(msg.ErrorReply("e", 0, "x", "E", "m"))):

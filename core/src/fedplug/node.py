@@ -155,6 +155,14 @@ class Node:
     # -- request handling -----------------------------------------------------------------------
     def handle(self, payload: bytes) -> bytes:
         """Serve one request; always returns reply bytes."""
+        return msg.encode(self._serve(payload))
+
+    def handle_buffer(self, payload: Any) -> np.ndarray:
+        """:meth:`handle`, with the reply's bytes in a ``uint8`` array (cheaper for large
+        replies: :func:`fedplug.messages.encode_buffer`)."""
+        return msg.encode_buffer(self._serve(payload))
+
+    def _serve(self, payload: Any) -> msg.Message:
         experiment_id, round_index = "", -1
         try:
             request = msg.decode(
@@ -172,7 +180,7 @@ class Node:
             reply = self._error(experiment_id, round_index, exc)
         except Exception as exc:  # a bug in plan code must not take the node down
             reply = self._error(experiment_id, round_index, PlanError(_describe(exc)))
-        return msg.encode(reply)
+        return reply
 
     def _error(self, experiment_id: str, round_index: int, exc: FedplugError) -> msg.ErrorReply:
         text = exc.detail if isinstance(exc, NodeError) else str(exc)

@@ -25,6 +25,12 @@ class Transport(Protocol):
 
         Both transports yield replies in ``nodes`` order, so that aggregation sums in the same
         order every run. A reply's memory may be reused once the caller asks for the next one.
+
+        A transport whose ``streams_replies`` attribute is true also accepts ``streams=True``:
+        it then yields, for each reply, an object with ``size``, iteration over the reply's
+        bytes in pieces as they arrive, and ``replay()`` (the same reply again, until the
+        dispatch ends), as :class:`fedplug.transport.grpc.ReplyStream` does. The Experiment
+        uses it to fold replies in without holding them whole.
         """
 
     def close(self) -> None:

@@ -182,11 +182,14 @@ def _check_chunk(chunk: int) -> int:
     return chunk
 
 
-def _return_large_frees_to_the_os() -> None:
-    """Make glibc serve large blocks (gRPC's frames) with mmap, so that freeing them gives the
-    memory back. By default glibc raises that threshold after the first large free, and the
-    freed frames then stay in per-thread arenas: the researcher's memory grew with the number
-    of nodes (bench/transport.py). A no-op elsewhere than glibc."""
+def _share_malloc_arenas() -> None:
+    """Make every thread of this process allocate from one glibc arena. gRPC's threads (one per
+    node stream) allocate the 4 MiB frames; with glibc's default of up to 8 arenas per core, the
+    frames freed by one thread stayed cached in its own arena and the researcher's memory grew
+    with the number of nodes. With one arena, freed frames are reused by whichever thread
+    needs the next one. (Serving large blocks with mmap instead also bounds memory, but the page
+    faults of mapping every frame anew halved the throughput: bench/transport.py.) A no-op
+    elsewhere than glibc."""
     global _MALLOPT_DONE
     if _MALLOPT_DONE or not sys.platform.startswith("linux"):
         return
@@ -195,7 +198,7 @@ def _return_large_frees_to_the_os() -> None:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MiB, fixed from now on
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
 
@@ -294,7 +297,7 @@ class GrpcTransport:
         self.max_reply_bytes = max_reply_bytes
         self.early_reply_bytes = early_reply_bytes
         self.chunk_bytes = _check_chunk(chunk_bytes)
-        _return_large_frees_to_the_os()
+        _share_malloc_arenas()
         if isinstance(credentials, (str, Path)):
             credentials = certs.load_credentials(credentials)
         elif credentials is None and isinstance(tls, (str, Path)):
@@ -849,7 +852,6 @@ class NodeClient:
         self.max_message_bytes = max_message_bytes
         self.chunk_bytes = _check_chunk(chunk_bytes)
         self.server_name = server_name
-        _return_large_frees_to_the_os()
         self.stop_event = threading.Event()
         self._call: Any = None
         self.sessions = 0  # connections made, for tests and logs
@@ -1030,7 +1032,9 @@ class _NodeState:
         task = receiver.task
         self.busy = "working"
         try:
-            reply = self.client.node.handle(receiver.message())  # never raises on bad input
+            node = self.client.node
+            serve = getattr(node, "handle_buffer", node.handle)  # never raises on bad input
+            reply = serve(receiver.message())
         finally:
             self.busy = ""
         del receiver  # the request's buffer: the plan copied what it needs
