@@ -828,6 +828,12 @@ class Experiment:
                 self.id, index, list(self.nodes), spec, self._secagg_exchange(index)
             )
 
+        def check_spec(node: str, params: Any) -> None:
+            if params_spec(params) != spec:
+                raise MessageError(
+                    f"node {node!r} returned parameters {params_spec(params)}, expected {spec}"
+                )
+
         def fold(node: str, reply: msg.TrainReply) -> None:
             if self.secagg is not None:
                 if reply.secagg is None or reply.params:
@@ -845,11 +851,7 @@ class Experiment:
                 except (SecAggError, MessageError, AggregationError) as exc:
                     raise NodeError(node, f"{type(exc).__name__}: {exc}") from None
                 return
-            if params_spec(reply.params) != spec:
-                raise MessageError(
-                    f"node {node!r} returned parameters {params_spec(reply.params)}, "
-                    f"expected {spec}"
-                )
+            check_spec(node, reply.params)
             aux = self._received_aux_vars(node, reply.aux_vars, expected_aux)
             try:
                 self.aggregator.add(node, reply.params, reply.n_samples)
@@ -860,11 +862,7 @@ class Experiment:
 
         def accept(node: str, reply: Any) -> dict[msg.ArraySlot, msg.Sink]:
             """A streamed reply's header: the same checks as ``fold``, before any array."""
-            if params_spec(reply.params) != spec:
-                raise MessageError(
-                    f"node {node!r} returned parameters {params_spec(reply.params)}, "
-                    f"expected {spec}"
-                )
+            check_spec(node, reply.params)
             if reply.aux_vars:
                 if self.agg_optimizer is None:
                     self._received_aux_vars(node, reply.aux_vars, expected_aux)  # raises

@@ -137,6 +137,21 @@ def data_frames(
             offset += len(piece)
 
 
+def continued(frame: bytes, task: int, received: int, size: int) -> int:
+    """The payload length of DATA ``frame``, which must continue ``task``'s message of ``size``
+    bytes after its first ``received``."""
+    if len(frame) < _DATA_HEAD.size:
+        raise ProtocolError(f"DATA frame of {len(frame)} bytes is shorter than its header")
+    _, task_id, offset = _DATA_HEAD.unpack_from(frame)
+    n = len(frame) - _DATA_HEAD.size
+    if task_id != task or offset != received or received + n > size:
+        raise ProtocolError(
+            f"DATA frame for task {task_id} at offset {offset} (+{n} bytes) does not continue "
+            f"task {task} ({received} of {size} bytes received)"
+        )
+    return n
+
+
 class Receiver:
     """One message arriving in DATA frames, copied into a buffer allocated at its full size."""
 
@@ -146,15 +161,8 @@ class Receiver:
 
     def add(self, frame: bytes) -> bool:
         """Copy one DATA frame in; True when the message is complete."""
-        if len(frame) < _DATA_HEAD.size:
-            raise ProtocolError(f"DATA frame of {len(frame)} bytes is shorter than its header")
-        _, task, offset = _DATA_HEAD.unpack_from(frame)
-        n = len(frame) - _DATA_HEAD.size
-        if task != self.task or offset != self.received or self.received + n > self.size:
-            raise ProtocolError(
-                f"DATA frame for task {task} at offset {offset} (+{n} bytes) does not continue "
-                f"task {self.task} ({self.received} of {self.size} bytes received)"
-            )
+        n = continued(frame, self.task, self.received, self.size)
+        offset = self.received
         self.buffer[offset : offset + n] = np.frombuffer(frame, np.uint8, n, _DATA_HEAD.size)
         self.received += n
         return self.received == self.size
@@ -505,15 +513,7 @@ class GrpcTransport:
     def _stream_frame(self, conn: _Conn, task: _Task, frame: bytes) -> None:
         """Queue a DATA frame of the streamed reply (lock held); wait while the queue is full,
         so that gRPC's flow control makes the node wait rather than memory grow."""
-        if len(frame) < _DATA_HEAD.size:
-            raise ProtocolError(f"DATA frame of {len(frame)} bytes is shorter than its header")
-        _, task_id, offset = _DATA_HEAD.unpack_from(frame)
-        n = len(frame) - _DATA_HEAD.size
-        if task_id != task.id or offset != task.received or task.received + n > task.size:
-            raise ProtocolError(
-                f"DATA frame for task {task_id} at offset {offset} (+{n} bytes) does not "
-                f"continue task {task.id} ({task.received} of {task.size} bytes received)"
-            )
+        n = continued(frame, task.id, task.received, task.size)
         while task.frames is not None and len(task.frames) >= STREAM_FRAMES and conn.alive:
             self._cv.wait(0.5)
             conn.last_seen = time.monotonic()  # the reader waits on the researcher, not the node
