@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import weakref
 
 import numpy as np
 import pytest
@@ -152,6 +153,29 @@ def test_an_aggregator_starts_afresh_each_round():
     second = agg.aggregate({"w": np.zeros(1)}, [("a", {"w": np.array([2.0])}, 1)])
     np.testing.assert_array_equal(second["w"], [2.0])
     assert agg.nodes == ["a"]
+
+
+def test_fedavg_reuses_a_sum_nobody_holds_and_never_one_that_is_held():
+    agg, zeros = FedAverage(), {"w": np.zeros(3, np.float32)}
+    first = agg.aggregate(zeros, [("a", {"w": np.full(3, 5.0, np.float32)}, 1)])
+    held = first["w"]  # someone keeps the first round's result: it must stay as it was
+    del first
+    second = agg.aggregate(zeros, [("a", {"w": np.full(3, 2.0, np.float32)}, 1)])
+    np.testing.assert_array_equal(held, [5.0, 5.0, 5.0])
+    np.testing.assert_array_equal(second["w"], [2.0, 2.0, 2.0])
+    assert not np.shares_memory(held, second["w"])
+
+    # once nobody holds a result, the next round sums into its memory (zeroed first)
+    last = weakref.ref(second["w"])
+    del second
+    third = agg.aggregate(zeros, [("a", {"w": np.full(3, 4.0, np.float32)}, 3)])
+    assert third["w"] is last()
+    np.testing.assert_array_equal(third["w"], [4.0, 4.0, 4.0])
+    # a parameter whose shape changed gets a new sum
+    fourth = agg.aggregate(
+        {"w": np.zeros(2, np.float32)}, [("a", {"w": np.ones(2, np.float32)}, 1)]
+    )
+    np.testing.assert_array_equal(fourth["w"], [1.0, 1.0])
 
 
 @settings(max_examples=40, deadline=None)

@@ -206,3 +206,14 @@ def test_encode_buffer_holds_the_bytes_of_encode(message):
     assert buffer.dtype == np.uint8 and buffer.ndim == 1
     assert buffer.tobytes() == encode(message)
     assert encode(decode(memoryview(buffer))) == encode(message)
+
+
+def test_encode_buffer_writes_into_the_buffer_it_is_given_and_checks_it():
+    message = TrainReply("exp", 1, "node", {"w": np.arange(6, dtype=np.float32)}, 6, 1, 0.5, 0.1)
+    expected = encode(message)
+    given = np.zeros(len(expected), np.uint8)
+    buffer = encode_buffer(message, lambda size: given)
+    assert buffer is given and given.tobytes() == expected
+    for wrong in (np.zeros(len(expected) + 1, np.uint8), np.zeros(len(expected), np.int8)):
+        with pytest.raises(TypeError, match=f"uint8 array of {len(expected)} elements"):
+            encode_buffer(message, lambda size, wrong=wrong: wrong)

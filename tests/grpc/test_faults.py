@@ -183,9 +183,9 @@ def test_a_reply_larger_than_max_reply_bytes_is_refused_before_any_allocation(cl
     real_receiver = transport_module.Receiver
 
     class SpyReceiver(real_receiver):
-        def __init__(self, task, size):
+        def __init__(self, task, size, *args):
             allocated.append(size)
-            super().__init__(task, size)
+            super().__init__(task, size, *args)
 
     monkeypatch.setattr(transport_module, "Receiver", SpyReceiver)
     size = support.REPLY_LIMIT + 12345

@@ -157,10 +157,10 @@ class Node:
         """Serve one request; always returns reply bytes."""
         return msg.encode(self._serve(payload))
 
-    def handle_buffer(self, payload: Any) -> np.ndarray:
-        """:meth:`handle`, with the reply's bytes in a ``uint8`` array (cheaper for large
-        replies: :func:`fedplug.messages.encode_buffer`)."""
-        return msg.encode_buffer(self._serve(payload))
+    def handle_buffer(self, payload: Any, allocate: Any = None) -> np.ndarray:
+        """:meth:`handle`, with the reply's bytes in a ``uint8`` array from ``allocate(size)``
+        (default: a new one); cheaper for large replies: :func:`fedplug.messages.encode_buffer`."""
+        return msg.encode_buffer(self._serve(payload), allocate)
 
     def _serve(self, payload: Any) -> msg.Message:
         experiment_id, round_index = "", -1

@@ -153,11 +153,12 @@ def continued(frame: bytes, task: int, received: int, size: int) -> int:
 
 
 class Receiver:
-    """One message arriving in DATA frames, copied into a buffer allocated at its full size."""
+    """One message arriving in DATA frames, copied into a buffer allocated at its full size
+    (by ``allocate(size)``, default ``np.empty``)."""
 
-    def __init__(self, task: int, size: int) -> None:
+    def __init__(self, task: int, size: int, allocate: Any = None) -> None:
         self.task, self.size, self.received = task, size, 0
-        self.buffer = np.empty(size, dtype=np.uint8)
+        self.buffer = allocate(size) if allocate else np.empty(size, dtype=np.uint8)
 
     def add(self, frame: bytes) -> bool:
         """Copy one DATA frame in; True when the message is complete."""
@@ -169,6 +170,49 @@ class Receiver:
 
     def message(self) -> memoryview:
         return memoryview(self.buffer)
+
+
+_SLACK = 4096  # bytes a recycled buffer has beyond its first message (at least)
+
+
+class Recycler:
+    """The ``uint8`` buffers a node receives requests into and encodes replies into, reused
+    from round to round. A fresh buffer is not free: the kernel zeroes each of its pages when it
+    is first written, which was half of a node's CPU time for a large model (bench/transport.py).
+
+    :meth:`take` returns a view of a kept buffer at least as large (at most twice) only when
+    nothing else refers to that buffer (no array, view or memoryview of it is alive), so a
+    buffer still in use is never written over; otherwise it allocates a new one, a little
+    larger than asked so that the next round's message, whose header may be a few bytes
+    longer, fits. The ``keep`` most recently used are kept, so a node holds up to ``keep``
+    message-sized buffers between rounds. Messages under ``min_bytes`` are not worth keeping.
+    """
+
+    def __init__(self, keep: int = 2, min_bytes: int = 1 << 20) -> None:
+        self.keep, self.min_bytes = keep, min_bytes
+        self._kept: list[np.ndarray] = []  # least recently used first
+        self._lock = threading.Lock()
+        self.reused = 0
+
+    def take(self, size: int) -> np.ndarray:
+        if size < self.min_bytes or not self.keep:
+            return np.empty(size, dtype=np.uint8)
+        with self._lock:
+            fits = [
+                buffer
+                for buffer in self._kept
+                # the references of a free one: _kept's, this loop's and getrefcount's argument
+                if size <= buffer.size <= 2 * size + _SLACK and sys.getrefcount(buffer) <= 3
+            ]
+            if fits:
+                buffer = min(fits, key=lambda b: b.size)
+                self._kept = [b for b in self._kept if b is not buffer]
+                self.reused += 1
+            else:
+                buffer = np.empty(size + max(size >> 6, _SLACK), dtype=np.uint8)
+            del fits
+            self._kept = [*self._kept, buffer][-self.keep :]
+            return buffer[:size]
 
 
 def channel_options() -> list[tuple[str, int]]:
@@ -196,8 +240,9 @@ def _share_malloc_arenas() -> None:
     frames freed by one thread stayed cached in its own arena and the researcher's memory grew
     with the number of nodes. With one arena, freed frames are reused by whichever thread
     needs the next one. (Serving large blocks with mmap instead also bounds memory, but the page
-    faults of mapping every frame anew halved the throughput: bench/transport.py.) A no-op
-    elsewhere than glibc."""
+    faults of mapping every frame anew halved the throughput: bench/transport.py.) Node
+    processes do the same: it cut their CPU time per round by about 15 %. A no-op elsewhere
+    than glibc."""
     global _MALLOPT_DONE
     if _MALLOPT_DONE or not sys.platform.startswith("linux"):
         return
@@ -824,6 +869,8 @@ class NodeClient:
     :param ca_cert: PEM bytes of the CA that signed the researcher's certificate; None connects
         in plaintext (loopback only).
     :param max_message_bytes: largest request this node accepts.
+    :param keep_buffers: message buffers kept for the next round (:class:`Recycler`); 0 frees
+        them after each round, at the cost of the kernel zeroing fresh ones.
     """
 
     def __init__(
@@ -839,6 +886,7 @@ class NodeClient:
         max_message_bytes: int = 8 << 30,
         chunk_bytes: int = CHUNK_BYTES,
         server_name: str | None = None,
+        keep_buffers: int = 2,
     ) -> None:
         if ca_cert is None and not is_loopback(address):
             raise ConfigError(
@@ -852,6 +900,7 @@ class NodeClient:
         self.max_message_bytes = max_message_bytes
         self.chunk_bytes = _check_chunk(chunk_bytes)
         self.server_name = server_name
+        self.buffers = Recycler(keep_buffers)
         self.stop_event = threading.Event()
         self._call: Any = None
         self.sessions = 0  # connections made, for tests and logs
@@ -997,7 +1046,7 @@ class _NodeState:
                 return
             with self.lock:  # a new round: replies of earlier ones are not wanted any more
                 self.replies.clear()
-            self.receiver = Receiver(task, size)
+            self.receiver = Receiver(task, size, self.client.buffers.take)
         elif kind == GRANT:
             task = parse_control(frame, kind, {"task": int})["task"]
             with self.lock:  # kept until CANCEL: the researcher may ask for it again
@@ -1033,8 +1082,12 @@ class _NodeState:
         self.busy = "working"
         try:
             node = self.client.node
-            serve = getattr(node, "handle_buffer", node.handle)  # never raises on bad input
-            reply = serve(receiver.message())
+            request = receiver.message()
+            if hasattr(node, "handle_buffer"):  # never raises on bad input
+                reply = node.handle_buffer(request, self.client.buffers.take)
+            else:
+                reply = node.handle(request)
+            del request
         finally:
             self.busy = ""
         del receiver  # the request's buffer: the plan copied what it needs
@@ -1085,6 +1138,7 @@ def serve_node(config: Any) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    _share_malloc_arenas()
     pm = get_plugin_manager()
     store = NodeStore(config.database)
     datasets = store.load_datasets(pm)
