@@ -110,9 +110,11 @@ class FedAverage(Aggregator):
     """Federated averaging (McMahan et al.): the mean of node parameters weighted by sample counts.
 
     Folds replies in as they come, one buffer per parameter: memory is O(model), not
-    O(nodes x model). Sums are kept in the parameter's precision (float32 for float32 and
-    float16 models, float64 otherwise): the rounding of a sum of node updates is far below
-    what training itself changes, and a float32 model then costs half the memory traffic.
+    O(nodes x model). The buffers are kept for the next round, and reused once nothing else
+    holds them (the result was copied into the global model). Sums are kept in the
+    parameter's precision (float32 for float32 and float16 models, float64 otherwise): the
+    rounding of a sum of node updates is far below what training itself changes, and a
+    float32 model then costs half the memory traffic.
     """
 
     name = "fedavg"

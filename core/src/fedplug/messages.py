@@ -389,7 +389,11 @@ class _Decoder:
 def _check_finite(arr: np.ndarray, path: str) -> None:
     # One summing pass: a finite sum proves every value finite; only a NaN, an infinity or an
     # overflowing sum of huge values needs the exact, slower scan.
-    if arr.dtype.kind == "f" and not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
+    if arr.dtype.kind != "f":
+        return
+    with np.errstate(over="ignore"):  # an overflowing sum only sends it to the exact scan
+        total = arr.sum()
+    if not np.isfinite(total) and not np.isfinite(arr).all():
         bad = "NaN" if np.isnan(arr).any() else "infinite values"
         raise MessageError(f"{path}: contains {bad}; refusing non-finite parameters")
 
