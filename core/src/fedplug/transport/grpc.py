@@ -178,7 +178,7 @@ _SLACK = 4096  # bytes a recycled buffer has beyond its first message (at least)
 class Recycler:
     """The ``uint8`` buffers a node receives requests into and encodes replies into, reused
     from round to round. A fresh buffer is not free: the kernel zeroes each of its pages when it
-    is first written, which was half of a node's CPU time for a large model (bench/transport.py).
+    is first written, which was about half of a node's CPU time for a large model (bench/transport.py).
 
     :meth:`take` returns a view of a kept buffer at least as large (at most twice) only when
     nothing else refers to that buffer (no array, view or memoryview of it is alive), so a
@@ -210,7 +210,6 @@ class Recycler:
                 self.reused += 1
             else:
                 buffer = np.empty(size + max(size >> 6, _SLACK), dtype=np.uint8)
-            del fits
             self._kept = [*self._kept, buffer][-self.keep :]
             return buffer[:size]
 
@@ -234,20 +233,21 @@ def _check_chunk(chunk: int) -> int:
     return chunk
 
 
-def _share_malloc_arenas(keep_frames: bool = False) -> None:
-    """Make every thread of this process allocate from one glibc arena. gRPC's threads (one per
-    node stream) allocate the frames; with glibc's default of up to 8 arenas per core, the
-    frames freed by one thread stayed cached in its own arena and the researcher's memory grew
-    with the number of nodes. With one arena, freed frames are reused by whichever thread
-    needs the next one. (Serving large blocks with mmap instead also bounds memory, but the page
-    faults of mapping every frame anew halved the throughput: bench/transport.py.)
+def _tune_malloc() -> None:
+    """Keep the memory of gRPC frames in this process (the researcher's, a node's) for the
+    next frames, with glibc's malloc. A no-op elsewhere than glibc.
 
-    With ``keep_frames`` (node processes), blocks up to 4 MiB (frames) always come from the
-    heap, and the heap is given back to the system only when 64 MiB lie free at its top: glibc's
-    own thresholds returned and re-mapped the memory of frames round after round, and the kernel
-    zeroed up to half a model's worth of pages per round (up to 175,000 page faults; 5,000 with
-    these). Large arrays are still mapped and unmapped on their own. A no-op elsewhere than
-    glibc."""
+    - One arena for every thread. gRPC's threads (one per node stream) allocate the frames;
+      with glibc's default of up to 8 arenas per core, the frames freed by one thread stayed
+      cached in its own arena and the researcher's memory grew with the number of nodes.
+    - Blocks up to 4 MiB (frames) always come from the heap, and the heap goes back to the
+      system only when 64 MiB lie free at its top. With glibc's own thresholds the memory of
+      frames was returned and mapped again round after round, and the kernel zeroed up to half
+      a model's worth of pages per round on a node (up to 175,000 page faults per 512 MiB round;
+      a few thousand with these). Large arrays are still mapped and unmapped on their own.
+      (Mapping every frame anew instead, the other way to bound memory, halved the throughput:
+      bench/transport.py.)
+    """
     global _MALLOPT_DONE
     if _MALLOPT_DONE or not sys.platform.startswith("linux"):
         return
@@ -257,9 +257,8 @@ def _share_malloc_arenas(keep_frames: bool = False) -> None:
 
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-8, 1)  # M_ARENA_MAX
-        if keep_frames:
-            libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
-            libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass
 
@@ -358,7 +357,7 @@ class GrpcTransport:
         self.max_reply_bytes = max_reply_bytes
         self.early_reply_bytes = early_reply_bytes
         self.chunk_bytes = _check_chunk(chunk_bytes)
-        _share_malloc_arenas(keep_frames=True)
+        _tune_malloc()
         if isinstance(credentials, (str, Path)):
             credentials = certs.load_credentials(credentials)
         elif credentials is None and isinstance(tls, (str, Path)):
@@ -1146,7 +1145,7 @@ def serve_node(config: Any) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    _share_malloc_arenas(keep_frames=True)
+    _tune_malloc()
     pm = get_plugin_manager()
     store = NodeStore(config.database)
     datasets = store.load_datasets(pm)
