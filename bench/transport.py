@@ -13,6 +13,10 @@ Usage: ``python bench/transport.py [--quick] [--out PATH]``
    saw them; effective throughput = bytes / median round time, over TLS and plaintext gRPC.
    Raw loopback: the same bytes sent in this run by a plain TCP socket sender to a child process
    that ``recv_into()``s preallocated buffers, over one stream and over 4 parallel streams.
+   Bare grpcio: the same bytes through grpcio with no fedplug code (:func:`bare_grpc`: one server
+   in this process, 4 client processes, the same message size, channel options and TLS, down to
+   all at once, then up one after the other; nothing framed, decoded or kept): what grpcio's
+   Python binding itself costs on this machine, the ceiling for any transport built on it.
    Where a round goes: until the last node has its request decoded and loaded ("requests in",
    from the node's clock, which the plan reports as its loss), then until the last reply is folded
    (node encoding, replies up one at a time, each streamed, decoded and folded into FedAvg by the
@@ -50,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -344,12 +349,165 @@ def raw_loopback(total: int, streams: int, buffer_bytes: int) -> dict[str, Any]:
 def throughput(mib: int, rounds: int, workdir: Path) -> dict[str, Any]:
     runs = {name: fedplug_throughput(mib, rounds, name == "TLS", workdir)
             for name in ("TLS", "plaintext")}  # fmt: skip
+    bare = {name: bare_grpc(mib, rounds, name == "TLS", workdir) for name in runs}
     total = runs["TLS"]["bytes"]
     raw = [raw_loopback(total, streams, mib << 20) for streams in (1, BIG_NODES)]
     best = max(r["gb_per_s"] for r in raw)
-    for row in runs.values():
+    for name, row in runs.items():
         row["ratio_to_raw"] = row["gb_per_s"] / best
-    return {"model_mib": mib, "nodes": BIG_NODES, "fedplug": runs, "raw": raw, "raw_best": best}
+        row["ratio_to_bare"] = row["gb_per_s"] / bare[name]["gb_per_s"]
+        bare[name]["ratio_to_raw"] = bare[name]["gb_per_s"] / best
+    return {"model_mib": mib, "nodes": BIG_NODES, "fedplug": runs, "bare_grpc": bare,
+            "raw": raw, "raw_best": best}  # fmt: skip
+
+
+# -- 2b. bare grpcio: the same bytes through gRPC, no fedplug code ------------------------------
+_BARE_METHOD = "/bench.Bare/Stream"
+_GO, _ACK, _END = b"G", b"A", b"E"  # one-byte control messages; data messages are CHUNK_BYTES
+
+
+def _bare_client(port: int, index: int, chunks: int, ca_cert: bytes | None) -> None:
+    """Child process: a node without fedplug: receives ``chunks`` messages and acknowledges
+    them; on each grant streams ``chunks`` messages back, then an end marker."""
+    import queue
+
+    import grpc
+
+    from fedplug.transport.grpc import CHUNK_BYTES, _tune_malloc, channel_options
+
+    _tune_malloc()  # as fedplug's node processes do
+    target, options = f"127.0.0.1:{port}", channel_options()
+    if ca_cert is None:
+        channel = grpc.insecure_channel(target, options=options)
+    else:
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca_cert), options)
+    payload = bytes(np.full(CHUNK_BYTES, 7, np.uint8))
+    commands: queue.SimpleQueue = queue.SimpleQueue()
+
+    def requests() -> Iterator[bytes]:
+        yield bytes([index])
+        while (command := commands.get()) is not None:
+            if command == _GO:
+                yield from (payload for _ in range(chunks))
+                yield _END
+            else:
+                yield command
+
+    received = 0
+    with channel:
+        for message in channel.stream_stream(_BARE_METHOD)(requests()):
+            if message == _GO:
+                commands.put(_GO)
+            else:
+                received += len(message)
+                if received == chunks * CHUNK_BYTES:
+                    received = 0
+                    commands.put(_ACK)
+    commands.put(None)
+
+
+def bare_grpc(mib: int, rounds: int, tls: bool, workdir: Path) -> dict[str, Any]:
+    """The throughput round without fedplug: a grpcio server in this process sends ``mib`` MiB
+    in ``CHUNK_BYTES`` messages (one bytes object, sent again and again: no framing, no copy
+    of ours) to each of ``BIG_NODES`` client processes at once, then lets them stream as much
+    back one after the other, as fedplug grants replies; received bytes are counted, not kept.
+    The same channel options, TLS and malloc tuning as fedplug: what grpcio alone costs."""
+    import queue
+    from concurrent import futures
+
+    import grpc
+
+    from fedplug import certs
+    from fedplug.deploy import make_certs
+    from fedplug.transport.grpc import CHUNK_BYTES, channel_options
+
+    chunks = (mib << 20) // CHUNK_BYTES
+    payload = bytes(np.full(CHUNK_BYTES, 7, np.uint8))
+    outboxes = [queue.SimpleQueue() for _ in range(BIG_NODES)]
+    events: queue.SimpleQueue = queue.SimpleQueue()
+
+    def connect(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        index = next(requests)[0]
+
+        def read() -> None:
+            with contextlib.suppress(grpc.RpcError):  # the call ends when the bench does
+                for message in requests:
+                    if message in (_ACK, _END):
+                        events.put((message, index))
+
+        threading.Thread(target=read, daemon=True).start()
+        while (command := outboxes[index].get()) is not None:
+            if command == "send":
+                yield from (payload for _ in range(chunks))
+            else:
+                yield _GO
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Bare", {"Stream": grpc.stream_stream_rpc_method_handler(connect)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(BIG_NODES + 2), options=channel_options())
+    server.add_generic_rpc_handlers((handler,))
+    ca_cert = None
+    if tls:
+        certs_dir = make_certs(workdir / "bare", [])
+        cert, key = certs.server_tls(certs_dir)
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+        ca_cert = certs.read_pem(certs_dir / "ca.pem")
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_bare_client, args=(port, i, chunks, ca_cert), daemon=True)
+             for i in range(BIG_NODES)]  # fmt: skip
+    for proc in procs:
+        proc.start()
+
+    def wait(kind: bytes, count: int) -> None:
+        while count:
+            try:
+                got = events.get(timeout=1.0)
+            except queue.Empty:
+                if any(proc.exitcode is not None for proc in procs):
+                    raise RuntimeError("bare gRPC: a client process ended") from None
+                continue
+            if got[0] != kind:
+                raise RuntimeError(f"bare gRPC: expected {kind!r}, got {got}")
+            count -= 1
+
+    rows = []
+    try:
+        for timed in [False] + [True] * rounds:  # one warm-up round
+            cpu = time.process_time(), sum(_cpu_s(p.pid) for p in procs)
+            start = time.perf_counter()
+            for outbox in outboxes:
+                outbox.put("send")
+            wait(_ACK, BIG_NODES)
+            down = time.perf_counter()
+            for outbox in outboxes:  # replies one at a time
+                outbox.put("grant")
+                wait(_END, 1)
+            end = time.perf_counter()
+            if timed:
+                rows.append({"round_s": end - start, "requests_in_s": down - start,
+                             "replies_s": end - down,
+                             "researcher_cpu_s": time.process_time() - cpu[0],
+                             "nodes_cpu_s": sum(_cpu_s(p.pid) for p in procs) - cpu[1]})  # fmt: skip
+    finally:
+        for outbox in outboxes:
+            outbox.put(None)  # the calls end: the clients return
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+        server.stop(grace=None)
+    row = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+    half = BIG_NODES * chunks * CHUNK_BYTES
+    row.update(tls=tls, bytes=2 * half, down_bytes=half, up_bytes=half, runs=rows)
+    row["gb_per_s"] = 2 * half / row["round_s"] / 1e9
+    row["cpu_s"] = row["researcher_cpu_s"] + row["nodes_cpu_s"]
+    print(f"  bare gRPC {'TLS' if tls else 'plaintext'}: {row['gb_per_s']:.3f} GB/s",
+          file=sys.stderr)  # fmt: skip
+    return row
 
 
 # -- 3. researcher peak RSS ---------------------------------------------------------------------
@@ -404,22 +562,26 @@ def tables(demo: dict[str, Any], tput: dict[str, Any], rss: list[dict[str, Any]]
           demo[name]["accuracy"]] for name in ("local", "grpc")],
     )  # fmt: skip
     senders = [(f"fedplug gRPC, {name}", row["bytes"], row["round_s"], row["cpu_s"],
-                row["other_cpu_s"], f"{row['ratio_to_raw']:.0%}")
+                row["other_cpu_s"], f"{row['ratio_to_raw']:.0%}", f"{row['ratio_to_bare']:.0%}")
                for name, row in tput["fedplug"].items()]  # fmt: skip
+    senders += [(f"bare grpcio, {name}", row["bytes"], row["round_s"], row["cpu_s"], None,
+                 f"{row['ratio_to_raw']:.0%}", None)
+                for name, row in tput["bare_grpc"].items()]  # fmt: skip
     senders += [(f"raw TCP, {raw['streams']} stream(s)", raw["bytes"], raw["seconds"],
-                 raw["cpu_s"], raw["other_cpu_s"], None) for raw in tput["raw"]]  # fmt: skip
+                 raw["cpu_s"], raw["other_cpu_s"], None, None) for raw in tput["raw"]]  # fmt: skip
     out["throughput"] = format_table(
-        ["sender", "GB", "seconds", "GB/s", "CPU s per GB", "other CPU s", "of raw"],
-        [[label, n / 1e9, s, n / s / 1e9, cpu / n * 1e9, other, share]
-         for label, n, s, cpu, other, share in senders],
+        ["sender", "GB", "seconds", "GB/s", "CPU s per GB", "other CPU s", "of raw",
+         "of bare grpcio"],
+        [[label, n / 1e9, s, n / s / 1e9, cpu / n * 1e9, other, share, bare_share]
+         for label, n, s, cpu, other, share, bare_share in senders],
     )  # fmt: skip
     body = []
-    for name, row in tput["fedplug"].items():
-        down = row["down_bytes"] / row["requests_in_s"] / 1e9
-        up = row["up_bytes"] / row["replies_s"] / 1e9
-        body.append([name, row["round_s"], row["requests_in_s"], down, row["replies_s"], up,
-                     row["receive_fold_s"], row["aggregate_s"], row["researcher_cpu_s"],
-                     row["nodes_cpu_s"]])  # fmt: skip
+    for label, rows in (("fedplug", tput["fedplug"]), ("bare grpcio", tput["bare_grpc"])):
+        for name, row in rows.items():
+            body.append([f"{label}, {name}", row["round_s"], row["requests_in_s"],
+                         row["down_bytes"] / row["requests_in_s"] / 1e9, row["replies_s"],
+                         row["up_bytes"] / row["replies_s"] / 1e9, row.get("receive_fold_s"),
+                         row.get("aggregate_s"), row["researcher_cpu_s"], row["nodes_cpu_s"]])  # fmt: skip
     out["phases"] = format_table(
         ["gRPC", "round s", "requests in s", "down GB/s", "replies s", "up GB/s", "receive+fold s",
          "result() s", "researcher CPU s", "nodes CPU s"], body,
@@ -481,8 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gRPC / local: {demo['ratio']:.2f}x per round; largest parameter difference after "
           f"{demo['rounds']} rounds: {demo['max_abs_param_diff']:.1e}")  # fmt: skip
     print(f"\n## throughput: a {big_mib} MiB float32 model to {BIG_NODES} node processes and "
-          "back (FedAvg), median of timed rounds; raw: the same bytes over plain TCP")  # fmt: skip
+          "back (FedAvg), median of timed rounds; bare grpcio: the same bytes through grpcio "
+          "alone; raw: the same bytes over plain TCP")  # fmt: skip
     print(text["throughput"])
+    for name, row in tput["fedplug"].items():
+        print(f"fedplug {name}: {row['ratio_to_bare']:.0%} of bare grpcio "
+              f"({tput['bare_grpc'][name]['gb_per_s']:.3f} GB/s, "
+              f"{tput['bare_grpc'][name]['ratio_to_raw']:.0%} of raw)")  # fmt: skip
     drift = max(row["max_abs_param_change"] for row in tput["fedplug"].values())
     print(f"the model came back unchanged from the nodes: largest change {drift:.1e}")
     print("\n## where a gRPC round goes (CPU: all threads; the machine has "
