@@ -21,9 +21,11 @@ Usage: ``python bench/transport.py [--quick] [--out PATH]``
    from the node's clock, which the plan reports as its loss), then until the last reply is folded
    (node encoding, replies up one at a time, each streamed, decoded and folded into FedAvg by the
    researcher while it arrives: "receive+fold", the time the Experiment spent consuming replies),
-   ``result()``, and the CPU seconds of the researcher and the nodes
-   (for raw TCP: sender and receiver); "other CPU s" is the machine's CPU time charged to none
-   of these processes (other processes, interrupt handling): large values mean a disturbed run.
+   ``result()``, the CPU seconds of the researcher and the nodes (for raw TCP: sender and
+   receiver), and the largest node process's peak RSS over the model size (the node holds its
+   plan's model and one reply buffer; requests go straight into the plan). "other CPU s" is the
+   machine's CPU time charged to none of these processes (other processes, interrupt
+   handling): large values mean a disturbed run.
 3. **Researcher peak RSS** with a 256 MiB model and 2, 4 and 8 nodes: the researcher runs alone in
    a fresh process (the nodes are other processes). Baseline: its ``VmRSS`` once the nodes are
    connected (Python, numpy, gRPC); then the peak (``VmHWM``) while the Experiment is built, its
@@ -92,6 +94,9 @@ class EchoPlan(TrainingPlan):
         return {name: value.copy() for name, value in self.params.items()}
 
     def parameter_views(self) -> dict:
+        return self.params
+
+    def parameter_buffers(self) -> dict:  # as fedplug-torch's plans on CPU
         return self.params
 
     def set_parameters(self, params: dict) -> None:
@@ -175,9 +180,9 @@ def _busy_cpu_s() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def _status_mib(field: str) -> float:
-    """``VmRSS`` or ``VmHWM`` of this process, in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _status_mib(field: str, pid: int | str = "self") -> float:
+    """``VmRSS`` or ``VmHWM`` of this process (or ``pid``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise KeyError(field)
@@ -263,10 +268,12 @@ def fedplug_throughput(mib: int, rounds: int, tls: bool, workdir: Path) -> dict[
                     }
                 )
             drift = max(float(np.max(np.abs(v - 0.01))) for v in exp.global_params.values())
+        node_peak = max(_status_mib("VmHWM", pid) for pid in pids)
     row = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     down, up = rec["request_bytes"] * rec["nodes"], rec["reply_bytes"]
     row.update(tls=tls, bytes=down + up, down_bytes=down, up_bytes=up, runs=rows)
     row.update(max_abs_param_change=drift, gb_per_s=(down + up) / row["round_s"] / 1e9)
+    row.update(node_peak_mib=node_peak, node_peak_per_model=node_peak / mib)
     row["cpu_s"] = row["researcher_cpu_s"] + row["nodes_cpu_s"]
     row["other_cpu_s"] = max(row["machine_cpu_s"] - row["cpu_s"], 0.0)
     print(f"  fedplug {'TLS' if tls else 'plaintext'}: {row['gb_per_s']:.3f} GB/s", file=sys.stderr)
@@ -581,10 +588,11 @@ def tables(demo: dict[str, Any], tput: dict[str, Any], rss: list[dict[str, Any]]
             body.append([f"{label}, {name}", row["round_s"], row["requests_in_s"],
                          row["down_bytes"] / row["requests_in_s"] / 1e9, row["replies_s"],
                          row["up_bytes"] / row["replies_s"] / 1e9, row.get("receive_fold_s"),
-                         row.get("aggregate_s"), row["researcher_cpu_s"], row["nodes_cpu_s"]])  # fmt: skip
+                         row.get("aggregate_s"), row["researcher_cpu_s"], row["nodes_cpu_s"],
+                         row.get("node_peak_per_model")])  # fmt: skip
     out["phases"] = format_table(
         ["gRPC", "round s", "requests in s", "down GB/s", "replies s", "up GB/s", "receive+fold s",
-         "result() s", "researcher CPU s", "nodes CPU s"], body,
+         "result() s", "researcher CPU s", "nodes CPU s", "node peak RSS / model"], body,
     )  # fmt: skip
     out["rss"] = format_table(
         ["nodes", "baseline MiB", "build peak MiB", "at rest MiB", "rounds peak MiB",

@@ -87,8 +87,9 @@ def test_only_the_most_recently_used_buffers_are_kept():
 
 @pytest.mark.slow
 def test_a_node_reusing_its_buffers_gives_the_same_model(cluster):
-    """A real Node served in this process by NodeClient: its request and reply buffers are
-    reused from the second round on, and the model is the one of a node that never reuses."""
+    """A real Node served in this process by NodeClient: its reply buffers are reused from the
+    second round on (requests go straight into the plan), and the model is the one of a node
+    that never reuses."""
     x, y = support.separable(90, 7)
     tags = ["buffers"]
     results, reused = {}, {}

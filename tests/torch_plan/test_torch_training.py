@@ -268,6 +268,37 @@ def test_parameters_are_numpy_copies(task):
     np.testing.assert_array_equal(params["0.weight"], snapshot["0.weight"] + 100.0)
 
 
+def test_parameter_buffers_are_the_models_own_storage_batchnorm_buffers_included(task):
+    """A node writes received parameters into these: writing them is loading the model."""
+    source = BatchNormPlan()
+    source.train(_dataset(task), _args(epochs=1, batch_size=20, seed=0))
+    plan = BatchNormPlan()
+    buffers = plan.parameter_buffers()
+    expected = source.get_parameters()
+    assert {n: (b.shape, b.dtype) for n, b in buffers.items()} == {
+        n: (v.shape, v.dtype) for n, v in expected.items()
+    }
+    assert all(b.flags.c_contiguous and b.flags.writeable for b in buffers.values())
+    for name, value in expected.items():
+        buffers[name][...] = value
+    for name, value in plan.get_parameters().items():
+        np.testing.assert_array_equal(value, expected[name])
+    x = torch.as_tensor(task(10, 5)[0])
+    plan.model.eval()
+    source.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plan.model(x), source.model(x))
+
+
+def test_parameter_buffers_are_none_when_a_tensor_is_not_contiguous():
+    plan = LinearPlan()
+    weight = plan.model[0].weight
+    with torch.no_grad():
+        weight.data = weight.data.t().contiguous().t()  # same values, transposed storage
+    assert not weight.is_contiguous()
+    assert plan.parameter_buffers() is None
+
+
 # -- learning rate and optimizer_args ------------------------------------------------------------
 
 

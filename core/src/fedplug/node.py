@@ -162,25 +162,77 @@ class Node:
         (default: a new one); cheaper for large replies: :func:`fedplug.messages.encode_buffer`."""
         return msg.encode_buffer(self._serve(payload), allocate)
 
+    def handle_stream(self, chunks: Iterable[Any], size: int, allocate: Any = None) -> np.ndarray:
+        """:meth:`handle_buffer` for a request of ``size`` bytes read from ``chunks`` while it
+        arrives, never held whole. The parameters of a training or evaluation request go
+        straight into the plan's :meth:`~fedplug.plan.TrainingPlan.parameter_buffers` (when it
+        has them), checked finite piece by piece: no copy of the model is assembled.
+
+        Requests are served one at a time: the next one waits while this one arrives. If a
+        request turns out bad after some of its parameters were written (a NaN, a truncated
+        stream), the plan holds a mix of old and new values; every training or evaluation
+        request loads all of them again before they are used, so nothing reads the mix."""
+        with self._lock:
+            return msg.encode_buffer(self._serve_stream(chunks, size), allocate)
+
     def _serve(self, payload: Any) -> msg.Message:
-        experiment_id, round_index = "", -1
+        ids: list[Any] = ["", -1]
         try:
-            request = msg.decode(
-                payload, (msg.TrainRequest, msg.EvaluateRequest, msg.SecAggRequest)
-            )
-            experiment_id, round_index = request.experiment_id, request.round_index
+            request = msg.decode(payload, _REQUESTS)
+            ids[:] = request.experiment_id, request.round_index
             with self._lock:
-                if isinstance(request, msg.TrainRequest):
-                    reply = self._train(request)
-                elif isinstance(request, msg.SecAggRequest):
-                    reply = self._secagg_step(request)
-                else:
-                    reply = self._evaluate(request)
-        except FedplugError as exc:
-            reply = self._error(experiment_id, round_index, exc)
-        except Exception as exc:  # a bug in plan code must not take the node down
-            reply = self._error(experiment_id, round_index, PlanError(_describe(exc)))
-        return reply
+                return self._run(request)
+        except Exception as exc:
+            return self._failed(ids, exc)
+
+    def _serve_stream(self, chunks: Iterable[Any], size: int) -> msg.Message:
+        ids: list[Any] = ["", -1]
+        prepared: list[Any] = [None, False]  # the request's session; its parameters loaded?
+
+        def on_header(request: Any) -> dict[msg.ArraySlot, msg.Sink] | None:
+            ids[:] = request.experiment_id, request.round_index
+            return self._param_sinks(request, prepared)
+
+        try:
+            request = msg.decode_stream(chunks, size, _REQUESTS, on_header=on_header)
+            return self._run(request, *prepared)
+        except Exception as exc:
+            return self._failed(ids, exc)
+
+    def _run(self, request: Any, session: _Session | None = None, loaded: bool = False) -> Any:
+        """Serve a decoded request (lock held), given its ``session`` if it was prepared while
+        the request arrived, and whether its parameters were ``loaded`` into the plan then."""
+        if isinstance(request, msg.TrainRequest):
+            return self._train(request, session, loaded)
+        if isinstance(request, msg.SecAggRequest):
+            return self._secagg_step(request)
+        return self._evaluate(request, session, loaded)
+
+    def _failed(self, ids: list[Any], exc: Exception) -> msg.ErrorReply:
+        if isinstance(exc, FedplugError):
+            return self._error(ids[0], ids[1], exc)
+        return self._error(ids[0], ids[1], PlanError(_describe(exc)))  # a bug in plan code
+
+    def _param_sinks(self, request: Any, prepared: list[Any]) -> dict[Any, msg.Sink] | None:
+        """Where the parameters of a request whose header just arrived go: the plan's own
+        buffers, once the request is known to be acceptable and its parameters to fit."""
+        if isinstance(request, msg.TrainRequest):
+            session = self._prepare_train(request)
+        elif isinstance(request, msg.EvaluateRequest):
+            session = self._session(request)
+        else:
+            return None
+        prepared[0] = session
+        if isinstance(request, msg.EvaluateRequest) and session.test is None:
+            return None  # nothing to evaluate: the parameters are not loaded
+        self._check_params(session, request.params)
+        buffers = session.plan.parameter_buffers()
+        if buffers is None or params_spec(buffers) != session.spec:
+            return None  # decoded into arrays of their own, then set_parameters()
+        if not all(b.flags.c_contiguous and b.flags.writeable for b in buffers.values()):
+            return None
+        prepared[1] = True
+        return {slot: _writer(buffers[name]) for name, slot in request.params.items()}
 
     def _error(self, experiment_id: str, round_index: int, exc: FedplugError) -> msg.ErrorReply:
         text = exc.detail if isinstance(exc, NodeError) else str(exc)
@@ -270,6 +322,10 @@ class Node:
         return session
 
     def _load_params(self, session: _Session, params: dict[str, np.ndarray]) -> None:
+        self._check_params(session, params)
+        session.plan.set_parameters(params)
+
+    def _check_params(self, session: _Session, params: dict[str, Any]) -> None:
         received = params_spec(params)
         if received != session.spec:
             missing = sorted(set(session.spec) - set(received))
@@ -284,7 +340,6 @@ class Node:
                 "received parameters do not match the plan's model "
                 f"(missing {missing}, unexpected {extra}, mismatched {wrong})",
             )
-        session.plan.set_parameters(params)
 
     def _secagg_node(self, experiment_id: str, scheme: str, create: bool) -> SecAggNode:
         state = self._secagg.get(experiment_id)
@@ -330,14 +385,23 @@ class Node:
                 f"exchanges auxiliary variables ({aux}): secure aggregation cannot protect them"
             )
 
-    def _train(self, request: msg.TrainRequest) -> msg.TrainReply:
-        start = time.perf_counter()
+    def _prepare_train(self, request: msg.TrainRequest) -> _Session:
+        """What a training request needs before its parameters are loaded."""
         if request.secagg is None and self.require_secagg:
             self._check_secagg(request, None)
         session = self._session(request)
         self._check_secagg(request, session.plan.node_optimizer())
         self._rewind(session, request.round_index)
-        self._load_params(session, request.params)
+        return session
+
+    def _train(
+        self, request: msg.TrainRequest, session: _Session | None = None, loaded: bool = False
+    ) -> msg.TrainReply:
+        start = time.perf_counter()
+        if session is None:
+            session = self._prepare_train(request)
+        if not loaded:
+            self._load_params(session, request.params)
         args = session.args
         if args.seed is not None:
             args = _with_round_seed(args, request.round_index)
@@ -415,13 +479,17 @@ class Node:
             optimizer.process_aux_var(optimizer.unpack_aux_vars(aux_vars))
         return optimizer
 
-    def _evaluate(self, request: msg.EvaluateRequest) -> msg.EvaluateReply:
+    def _evaluate(
+        self, request: msg.EvaluateRequest, session: _Session | None = None, loaded: bool = False
+    ) -> msg.EvaluateReply:
         start = time.perf_counter()
-        session = self._session(request)
+        if session is None:
+            session = self._session(request)
         metrics: dict[str, float] = {}
         n_samples = 0
         if session.test is not None:
-            self._load_params(session, request.params)
+            if not loaded:
+                self._load_params(session, request.params)
             raw = session.plan.evaluate(session.test, session.args)
             metrics = {key: float(value) for key, value in raw.items() if math.isfinite(value)}
             n_samples = len(session.test)
@@ -433,6 +501,19 @@ class Node:
             n_samples=n_samples,
             duration_s=time.perf_counter() - start,
         )
+
+
+_REQUESTS = (msg.TrainRequest, msg.EvaluateRequest, msg.SecAggRequest)
+
+
+def _writer(target: np.ndarray) -> msg.Sink:
+    """A sink writing consecutive elements into ``target`` (C-contiguous)."""
+    flat = target.reshape(-1)
+
+    def sink(start: int, values: np.ndarray) -> None:
+        flat[start : start + values.size] = values
+
+    return sink
 
 
 def _optimizer_state(plan: TrainingPlan) -> Any:

@@ -67,6 +67,9 @@ class LogisticRegressionPlan(TrainingPlan):
     def get_parameters(self) -> Params:
         return {name: value.copy() for name, value in self.model.params.items()}
 
+    def parameter_buffers(self) -> Params:
+        return dict(self.model.params)  # trained and loaded in place
+
     def set_parameters(self, params: Params) -> None:
         for name, value in params.items():
             self.model.params[name][...] = value

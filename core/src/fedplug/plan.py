@@ -188,6 +188,14 @@ class TrainingPlan:
         whose framework allows it override this (default: :meth:`get_parameters`)."""
         return self.get_parameters()
 
+    def parameter_buffers(self) -> Params | None:
+        """The arrays the model's parameters live in, when writing values into them is loading
+        them: C-contiguous, writeable, the names, shapes and dtypes of :meth:`get_parameters`.
+        A node receiving a model over the network writes it straight into them, piece by piece
+        as it arrives, instead of assembling a copy for :meth:`set_parameters`. ``None`` (the
+        default) when the framework keeps its parameters elsewhere (e.g. on a GPU)."""
+        return None
+
     def set_parameters(self, params: Params) -> None:
         """Load named arrays as produced by :meth:`get_parameters` (same names, shapes, dtypes)."""
         raise NotImplementedError

@@ -9,9 +9,11 @@ it. The stream carries *frames*, raw bytes without protobuf::
 Control frames (HELLO, WELCOME, TASK, READY, GRANT, CANCEL, REFUSED, HEARTBEAT) carry a small
 msgpack map. DATA frames carry ``u64 task | u64 offset | bytes``. A message (the bytes of
 :mod:`fedplug.messages`) crosses as an announcement of its size, then DATA frames of at most
-``chunk_bytes`` covering it in order; the receiver copies them into one buffer allocated at the
-announced size and decodes the message from it, so the arrays are views of that buffer. No
-message limit applies but the receiver's own (``max_reply_bytes``, a node's ``max_message_mb``).
+``chunk_bytes`` covering it in order. A node decodes a request while its frames arrive
+(:class:`Inbound`, :meth:`fedplug.node.Node.handle_stream`): the parameters go straight into its
+plan. The researcher folds a streamed reply into the aggregator while it arrives, or copies a
+reply into one buffer allocated at the announced size and decodes it from there. No message
+limit applies but the receiver's own (``max_reply_bytes``, a node's ``max_message_mb``).
 
 - Researcher to node: ``TASK {task, size}`` then DATA. The payload is sent from the global
   model's own memory (:func:`fedplug.messages.encode_parts`), to every node, without a copy.
@@ -63,7 +65,7 @@ import msgpack
 import numpy as np
 
 from fedplug import messages as msg
-from fedplug.errors import ConfigError, FedplugError, NodeError
+from fedplug.errors import ConfigError, FedplugError, MessageError, NodeError
 
 log = logging.getLogger("fedplug.grpc")
 
@@ -170,6 +172,44 @@ class Receiver:
 
     def message(self) -> memoryview:
         return memoryview(self.buffer)
+
+
+class Inbound:
+    """One message arriving in DATA frames, read by another thread while it arrives: iterating
+    it yields the payload of each frame (a view of the frame, no copy), in order, until the
+    whole message has been yielded. Frames that arrive once the reader stopped reading (it
+    closed the iterator, e.g. after refusing the message) are checked and dropped."""
+
+    def __init__(self, task: int, size: int) -> None:
+        self.task, self.size, self.received = task, size, 0
+        self.closed = False
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def add(self, frame: bytes) -> bool:
+        """Pass one DATA frame on; True when the message is complete."""
+        n = continued(frame, self.task, self.received, self.size)
+        self.received += n
+        if n and not self.closed:
+            self._queue.put(memoryview(frame)[_DATA_HEAD.size :])
+        return self.received == self.size
+
+    def abort(self, reason: str) -> None:
+        """The message will not be completed: the reader gets a MessageError naming ``reason``."""
+        self._queue.put(MessageError(f"{reason} after {self.received} of {self.size} bytes"))
+
+    def __iter__(self) -> Iterator[memoryview]:
+        try:
+            taken = 0
+            while taken < self.size:
+                item = self._queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                taken += len(item)
+                yield item
+        finally:
+            self.closed = True
+            while not self._queue.empty():  # what arrived but was not read
+                self._queue.get_nowait()
 
 
 _SLACK = 4096  # bytes a recycled buffer has beyond its first message (at least)
@@ -1014,7 +1054,7 @@ class _NodeState:
         self.client, self.outbox = client, outbox
         self.heartbeat_s = client.heartbeat_s
         self.last_seen = time.monotonic()
-        self.receiver: Receiver | None = None
+        self.receiver: Receiver | Inbound | None = None
         self.refused: set[int] = set()
         self.replies: dict[int, bytes] = {}
         self.cancelled: set[int] = set()
@@ -1031,9 +1071,8 @@ class _NodeState:
                 raise ProtocolError("DATA frame for no announced task")
             if self.receiver.add(frame):
                 receiver, self.receiver = self.receiver, None
-                threading.Thread(
-                    target=self.work, args=(receiver,), daemon=True, name="fedplug-work"
-                ).start()
+                if isinstance(receiver, Receiver):
+                    self._start(self.work, receiver)
         elif kind == TASK:
             body = parse_control(frame, kind, {"task": int, "size": int})
             task, size = body["task"], body["size"]
@@ -1053,7 +1092,13 @@ class _NodeState:
                 return
             with self.lock:  # a new round: replies of earlier ones are not wanted any more
                 self.replies.clear()
-            self.receiver = Receiver(task, size, self.client.buffers.take)
+            if isinstance(self.receiver, Inbound):  # never completed: its reader must not wait
+                self.receiver.abort(f"task {task} replaced the request")
+            if hasattr(self.client.node, "handle_stream"):  # decoded while it arrives
+                self.receiver = Inbound(task, size)
+                self._start(self.work_stream, self.receiver)
+            else:
+                self.receiver = Receiver(task, size, self.client.buffers.take)
         elif kind == GRANT:
             task = parse_control(frame, kind, {"task": int})["task"]
             with self.lock:  # kept until CANCEL: the researcher may ask for it again
@@ -1068,6 +1113,8 @@ class _NodeState:
                 self.cancelled.add(task)
                 self.replies.pop(task, None)
             if self.receiver is not None and self.receiver.task == task:
+                if isinstance(self.receiver, Inbound):
+                    self.receiver.abort("the researcher cancelled the request")
                 self.receiver = None
                 self.refused.add(task)
         elif kind == WELCOME:
@@ -1082,6 +1129,19 @@ class _NodeState:
 
     def _cut(self, task: int) -> Any:
         return lambda: task in self.cancelled
+
+    @staticmethod
+    def _start(target: Any, receiver: Receiver | Inbound) -> None:
+        threading.Thread(target=target, args=(receiver,), daemon=True, name="fedplug-work").start()
+
+    def work_stream(self, inbound: Inbound) -> None:
+        """Run one request on the node while it arrives (off the reading thread)."""
+        self.busy = "working"
+        try:  # never raises on bad input
+            reply = self.client.node.handle_stream(inbound, inbound.size, self.client.buffers.take)
+        finally:
+            self.busy = ""
+        self._announce(inbound.task, reply)
 
     def work(self, receiver: Receiver) -> None:
         """Run one request on the node (off the reading thread) and announce the reply."""
@@ -1098,6 +1158,9 @@ class _NodeState:
         finally:
             self.busy = ""
         del receiver  # the request's buffer: the plan copied what it needs
+        self._announce(task, reply)
+
+    def _announce(self, task: int, reply: Any) -> None:
         with self.lock:
             if task in self.cancelled:
                 return
@@ -1119,6 +1182,9 @@ class _NodeState:
                 return
 
     def close(self) -> None:
+        if isinstance(self.receiver, Inbound):
+            self.receiver.abort("the connection to the researcher was lost")
+        self.receiver = None
         with self.lock:
             self.replies.clear()
 

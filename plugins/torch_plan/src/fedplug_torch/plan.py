@@ -108,6 +108,12 @@ class TorchTrainingPlan(TrainingPlan):
             return {name: tensor.numpy() for name, tensor in state.items()}
         return self.get_parameters()
 
+    def parameter_buffers(self) -> Params | None:
+        state = self._model().state_dict()
+        if all(t.device.type == "cpu" and t.is_contiguous() for t in state.values()):
+            return {name: tensor.numpy() for name, tensor in state.items()}
+        return None
+
     def set_parameters(self, params: Params) -> None:
         state = self._model().state_dict()
         with torch.no_grad():

@@ -1,0 +1,169 @@
+"""A node decodes a request while its DATA frames arrive (:class:`Inbound`, Node.handle_stream):
+the frames' payloads reach the decoder without a copy, and a request that never completes
+(cancelled, superseded, the connection lost) never leaves the node waiting for it."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+import pytest
+
+from fedplug import messages as msg
+from fedplug.datasets import Dataset
+from fedplug.errors import MessageError
+from fedplug.node import Node
+
+pytest.importorskip("grpc")
+
+from fedplug.transport.grpc import (
+    CANCEL,
+    GRANT,
+    READY,
+    TASK,
+    Inbound,
+    NodeClient,
+    ProtocolError,
+    _NodeState,
+    control,
+    data_frames,
+    frame_kind,
+    parse_control,
+)
+
+PAYLOAD = bytes(range(256)) * 40
+
+
+def test_an_inbound_message_yields_each_payload_as_a_view_of_its_frame():
+    frames = list(data_frames(7, [PAYLOAD], 1000))
+    inbound = Inbound(7, len(PAYLOAD))
+    done = [inbound.add(frame) for frame in frames]
+    assert done == [False] * (len(frames) - 1) + [True]
+    views = list(inbound)
+    assert b"".join(views) == PAYLOAD
+    assert all(view.obj is frame for view, frame in zip(views, frames, strict=True))
+
+
+def test_an_inbound_message_refuses_a_frame_that_does_not_continue_it():
+    frames = list(data_frames(7, [PAYLOAD], 1000))
+    with pytest.raises(ProtocolError, match="does not continue task 8"):
+        Inbound(8, len(PAYLOAD)).add(frames[0])
+    inbound = Inbound(7, len(PAYLOAD))
+    inbound.add(frames[0])
+    with pytest.raises(ProtocolError, match="at offset 2000"):
+        inbound.add(frames[2])
+    with pytest.raises(ProtocolError, match="does not continue"):
+        Inbound(7, 999).add(frames[0])  # more bytes than announced
+
+
+def test_the_reader_of_an_aborted_message_gets_an_error_naming_why():
+    inbound = Inbound(7, len(PAYLOAD))
+    got, failed = [], []
+
+    def read():
+        try:
+            got.extend(inbound)
+        except MessageError as exc:
+            failed.append(str(exc))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    inbound.add(next(data_frames(7, [PAYLOAD], 1000)))
+    inbound.abort("the researcher cancelled the request")
+    reader.join(10)
+    assert not reader.is_alive()
+    assert len(got) == 1
+    assert failed == [f"the researcher cancelled the request after 1000 of {len(PAYLOAD)} bytes"]
+
+
+def test_frames_that_arrive_once_the_reader_stopped_are_dropped():
+    frames = list(data_frames(7, [PAYLOAD], 1000))
+    inbound = Inbound(7, len(PAYLOAD))
+    inbound.add(frames[0])
+    reading = iter(inbound)
+    next(reading)
+    reading.close()  # e.g. the node refused the request from its header
+    assert inbound.closed
+    assert [inbound.add(frame) for frame in frames[1:]][-1] is True
+    assert inbound._queue.empty()
+
+
+# -- a node connection's state, fed frames by hand (no network) ---------------------------------
+def _request(round_index: int) -> bytes:
+    return msg.encode(
+        msg.TrainRequest(
+            experiment_id="exp-inbound",
+            round_index=round_index,
+            plan=msg.PlanRef(name="numpy-logreg"),
+            model_args={"n_features": 2},
+            training_args={"batch_size": 8, "epochs": 1, "seed": 0},
+            tags=["inbound"],
+            params={"weight": np.full((2, 2), 0.5), "bias": np.zeros(2)},
+        )
+    )
+
+
+@pytest.fixture
+def node_state():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 2))
+    node = Node("inbound", Dataset(x, (x[:, 0] > 0).astype(np.int64), tags=["inbound"]))
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    state = _NodeState(NodeClient(node, "127.0.0.1:1", "token"), outbox)
+    yield node, state, outbox
+    node.stop()
+
+
+def _send(state: _NodeState, task: int, payload: bytes, frames: int | None = None) -> None:
+    state.on_frame(control(TASK, {"task": task, "size": len(payload)}))
+    for frame in list(data_frames(task, [payload], 100))[:frames]:
+        state.on_frame(frame)
+
+
+def _ready(outbox: queue.SimpleQueue, timeout: float = 30.0) -> dict:
+    while True:
+        item = outbox.get(timeout=timeout)
+        if isinstance(item, bytes) and frame_kind(item) == READY:
+            return parse_control(item, READY, {"task": int, "size": int})
+
+
+def _reply(state: _NodeState, outbox: queue.SimpleQueue, task: int) -> msg.Message:
+    state.on_frame(control(GRANT, {"task": task}))
+    frames = outbox.get(timeout=10)
+    return msg.decode(b"".join(bytes(memoryview(f)[17:]) for f in frames))
+
+
+def test_a_request_is_served_while_it_arrives(node_state):
+    _, state, outbox = node_state
+    _send(state, 1, _request(0))
+    ready = _ready(outbox)
+    assert ready["task"] == 1
+    reply = _reply(state, outbox, 1)
+    assert isinstance(reply, msg.TrainReply) and reply.n_samples > 0
+
+
+@pytest.mark.parametrize("how", ["cancel", "connection lost", "replaced"])
+def test_a_request_that_never_completes_does_not_hold_the_node(node_state, how):
+    node, state, outbox = node_state
+    payload = _request(0)
+    _send(state, 1, payload, frames=3)  # 300 of its bytes, then nothing more
+    if how == "cancel":
+        state.on_frame(control(CANCEL, {"task": 1}))
+    elif how == "connection lost":
+        state.close()
+    if how == "connection lost":  # the node's lock is free again: the reader gave up
+        assert node._lock.acquire(timeout=10)
+        node._lock.release()
+        return
+    _send(state, 2, _request(1))
+    ready = _ready(outbox)
+    if how == "replaced":  # the unfinished request got its error reply first
+        assert ready["task"] == 1
+        ready = _ready(outbox)
+    assert ready["task"] == 2
+    assert isinstance(_reply(state, outbox, 2), msg.TrainReply)
+    if how == "cancel":  # no reply announced for the cancelled request
+        while not outbox.empty():
+            item = outbox.get_nowait()
+            assert not (isinstance(item, bytes) and frame_kind(item) == READY)
