@@ -118,3 +118,38 @@ def test_the_mean_row_of_the_table_treats_both_sample_columns_alike():
     mean_row = results_rows(history, "c_index", average="mean")[-1]
     assert mean_row[0] == "mean" and mean_row[3:] == [0.7, 0.6]
     assert (mean_row[1] is None) == (mean_row[2] is None), mean_row
+
+
+@pytest.mark.slow
+def test_the_flamby_demo_over_grpc_runs_each_center_as_a_node_process(tmp_path, child_env):
+    """Six ``fedplug node start`` processes, one per center, each with its own registry and
+    FLamby data, over TLS: the per-center results of the local transport."""
+    common = ("--flamby", "fed_tcga_brca", "--json", "--accept-license", "--rounds", "2")
+    common += ("--num-updates", "10")
+    runs = {}
+    for transport in ("local", "grpc"):
+        out = tmp_path / transport
+        result = demo(tmp_path, child_env(), *common, "--transport", transport, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        runs[transport] = json.loads(result.stdout.strip().splitlines()[-1])
+    grpc, local = runs["grpc"], runs["local"]
+    assert grpc["transport"] == "grpc" and local["transport"] == "local"
+    assert list(grpc["per_center"]) == CENTERS
+    for center in CENTERS:
+        assert grpc["per_center"][center] == pytest.approx(local["per_center"][center], abs=1e-6)
+    for center in CENTERS:  # each center was a node process with its own registry and log
+        home = tmp_path / "grpc" / "grpc" / center
+        assert (home / "node.toml").exists() and (home / "node.db").exists(), center
+        assert "connected" in (home / "node.log").read_text()
+    assert fedplug.load_params(tmp_path / "grpc" / "model.npz")["fc.weight"].shape == (1, 39)
+
+
+def test_the_flamby_demo_over_grpc_checks_the_data_terms_before_starting_nodes(
+    tmp_path, child_env
+):
+    args = ("--flamby", "fed_tcga_brca", "--transport", "grpc", "--out", str(tmp_path / "o"))
+    result = demo(tmp_path, child_env(), *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("fedplug: error: FLamby asks for acceptance of the fed_tcga")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o" / "grpc").exists()  # no node was set up

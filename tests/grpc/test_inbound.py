@@ -57,6 +57,23 @@ def test_an_inbound_message_refuses_a_frame_that_does_not_continue_it():
         Inbound(7, 999).add(frames[0])  # more bytes than announced
 
 
+def test_frames_wait_for_a_slow_reader_once_it_has_started_and_not_before():
+    frames = list(data_frames(7, [PAYLOAD], 1000))  # 11 frames
+    inbound = Inbound(7, len(PAYLOAD), ahead=2)
+    for frame in frames[:4]:  # no reader yet (the node is busy): kept, nothing waits
+        inbound.add(frame)
+    reading = iter(inbound)
+    got = [next(reading)]  # the reader started; 3 frames wait, more than ahead=2
+    adder = threading.Thread(target=lambda: [inbound.add(f) for f in frames[4:]], daemon=True)
+    adder.start()
+    adder.join(0.3)
+    assert adder.is_alive() and len(inbound._items) == 3  # held back: the sender waits
+    got += list(reading)
+    adder.join(10)
+    assert not adder.is_alive()
+    assert b"".join(got) == PAYLOAD
+
+
 def test_the_reader_of_an_aborted_message_gets_an_error_naming_why():
     inbound = Inbound(7, len(PAYLOAD))
     got, failed = [], []
@@ -86,7 +103,7 @@ def test_frames_that_arrive_once_the_reader_stopped_are_dropped():
     reading.close()  # e.g. the node refused the request from its header
     assert inbound.closed
     assert [inbound.add(frame) for frame in frames[1:]][-1] is True
-    assert inbound._queue.empty()
+    assert not inbound._items
 
 
 # -- a node connection's state, fed frames by hand (no network) ---------------------------------

@@ -134,13 +134,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_flamby_demo(args: argparse.Namespace) -> int:
-    from fedplug.errors import ConfigError, PluginError
+    from fedplug.errors import PluginError
 
-    if args.transport != "local":
-        raise ConfigError(
-            "--flamby runs on the local transport; for FLamby centers as node processes, add "
-            "them with `fedplug node dataset add --type flamby` (docs/deployment.md)"
-        )
     try:
         from fedplug_flamby.demo import run_flamby_demo
     except ImportError:
@@ -160,6 +155,7 @@ def _cmd_flamby_demo(args: argparse.Namespace) -> int:
         accept_license=args.accept_license,
         workers=args.workers,
         secagg=args.secagg,
+        transport=args.transport,
     )
     return 0
 

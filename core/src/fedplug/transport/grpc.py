@@ -177,39 +177,60 @@ class Receiver:
 class Inbound:
     """One message arriving in DATA frames, read by another thread while it arrives: iterating
     it yields the payload of each frame (a view of the frame, no copy), in order, until the
-    whole message has been yielded. Frames that arrive once the reader stopped reading (it
+    whole message has been yielded.
+
+    Once its reader has started, :meth:`add` waits while ``ahead`` frames are waiting to be
+    read, so that a reader slower than the network holds back the sender (gRPC's flow control)
+    rather than lets frames pile up in memory; before that (e.g. while the node finishes the
+    previous request) frames are kept. Frames that arrive once the reader stopped reading (it
     closed the iterator, e.g. after refusing the message) are checked and dropped."""
 
-    def __init__(self, task: int, size: int) -> None:
-        self.task, self.size, self.received = task, size, 0
-        self.closed = False
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+    def __init__(self, task: int, size: int, ahead: int = 8) -> None:
+        self.task, self.size, self.received, self.ahead = task, size, 0, ahead
+        self.reading = self.closed = False
+        self._items: deque[Any] = deque()
+        self._cv = threading.Condition()
 
     def add(self, frame: bytes) -> bool:
         """Pass one DATA frame on; True when the message is complete."""
         n = continued(frame, self.task, self.received, self.size)
         self.received += n
-        if n and not self.closed:
-            self._queue.put(memoryview(frame)[_DATA_HEAD.size :])
+        if n:
+            with self._cv:
+                while self.reading and not self.closed and len(self._items) >= self.ahead:
+                    self._cv.wait()
+                if not self.closed:
+                    self._items.append(memoryview(frame)[_DATA_HEAD.size :])
+                    self._cv.notify_all()
         return self.received == self.size
 
     def abort(self, reason: str) -> None:
         """The message will not be completed: the reader gets a MessageError naming ``reason``."""
-        self._queue.put(MessageError(f"{reason} after {self.received} of {self.size} bytes"))
+        error = MessageError(f"{reason} after {self.received} of {self.size} bytes")
+        with self._cv:
+            self._items.append(error)
+            self._cv.notify_all()
 
     def __iter__(self) -> Iterator[memoryview]:
+        with self._cv:
+            self.reading = True
         try:
             taken = 0
             while taken < self.size:
-                item = self._queue.get()
+                with self._cv:
+                    while not self._items:
+                        self._cv.wait()
+                    item = self._items.popleft()
+                    self._cv.notify_all()
                 if isinstance(item, BaseException):
                     raise item
                 taken += len(item)
                 yield item
         finally:
-            self.closed = True
-            while not self._queue.empty():  # what arrived but was not read
-                self._queue.get_nowait()
+            with self._cv:  # what arrived but was not read, and what will
+                self.closed = True
+                self._items.clear()
+                self._cv.notify_all()
 
 
 _SLACK = 4096  # bytes a recycled buffer has beyond its first message (at least)

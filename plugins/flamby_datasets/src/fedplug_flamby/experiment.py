@@ -8,7 +8,10 @@ Every default can be overridden.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fedplug.errors import ConfigError
@@ -86,6 +89,35 @@ def flamby_nodes(
         )
         nodes.append(Node(f"center{center}", data))
     return nodes
+
+
+@contextlib.contextmanager
+def flamby_federation(
+    dataset: str,
+    workdir: str | Path,
+    centers: list[int] | None = None,
+    *,
+    accept_license: bool = False,
+    wait_timeout: float = 180.0,
+) -> Iterator[Any]:
+    """The centers as a real deployment on loopback (:func:`fedplug.deploy.local_deployment`):
+    one ``fedplug node start`` process per center (``center0``, ...), each with its
+    ``node.toml``, SQLite registry holding its ``flamby`` dataset, and credential, connected
+    over TLS. Yields the researcher's transport once every center is connected; stops the
+    processes on exit, also when interrupted."""
+    from fedplug.deploy import NodeSpec, local_deployment
+
+    module = dataset_module(dataset)
+    centers = list(range(int(module.NUM_CLIENTS))) if centers is None else list(centers)
+    if not centers:
+        raise ConfigError("centers is empty: a FLamby experiment needs at least one center")
+    specs = []
+    for center in centers:
+        options = {"dataset": dataset, "center": center, "accept_license": accept_license}
+        record = (f"{dataset}-center{center}", "flamby", [dataset], options)
+        specs.append(NodeSpec(f"center{center}", [record]))
+    with local_deployment(Path(workdir).absolute(), specs, wait_timeout=wait_timeout) as deployment:
+        yield deployment.transport
 
 
 def flamby_experiment(
