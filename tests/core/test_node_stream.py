@@ -172,3 +172,16 @@ def test_an_unapproved_plan_is_refused_from_its_header(make_nodes):
     reply = msg.decode(node.handle_stream(chunks(), len(payload)).tobytes())
     assert isinstance(reply, msg.ErrorReply) and "not approved" in reply.message
     assert sum(taken) < len(payload)  # refused before its parameters were read
+
+
+def test_serve_stream_replies_from_the_plans_own_parameters(make_nodes):
+    """What a gRPC node sends: the reply's bytes, the parameters not copied but views of the
+    plan's, valid until the node's next request."""
+    a, b = make_nodes((40, 40))
+    b.datasets = a.datasets
+    payload = msg.encode(train_request())
+    parts = a.serve_stream(pieces(payload, 100), len(payload))
+    expected = b.handle_stream(pieces(payload, 100), len(payload))
+    same_reply(msg.decode(b"".join(parts)), msg.decode(expected.tobytes()))  # but duration_s
+    weight = a._sessions["exp-stream"].plan.parameter_views()["weight"]
+    assert any(np.shares_memory(np.frombuffer(part, np.uint8), weight) for part in parts[1:])

@@ -144,9 +144,7 @@ def test_the_flamby_demo_over_grpc_runs_each_center_as_a_node_process(tmp_path, 
     assert fedplug.load_params(tmp_path / "grpc" / "model.npz")["fc.weight"].shape == (1, 39)
 
 
-def test_the_flamby_demo_over_grpc_checks_the_data_terms_before_starting_nodes(
-    tmp_path, child_env
-):
+def test_the_flamby_demo_over_grpc_checks_the_data_terms_before_starting_nodes(tmp_path, child_env):
     args = ("--flamby", "fed_tcga_brca", "--transport", "grpc", "--out", str(tmp_path / "o"))
     result = demo(tmp_path, child_env(), *args)
     assert result.returncode == 2

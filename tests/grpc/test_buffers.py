@@ -85,18 +85,33 @@ def test_only_the_most_recently_used_buffers_are_kept():
     assert never.take(2 * MIB).base is None and never.reused == 0
 
 
+class BufferNode:
+    """A node object with only ``handle_buffer``: NodeClient assembles each request in a buffer
+    and encodes each reply into one (what a node object without ``serve_stream`` gets)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node, self.name = node, node.name
+
+    def tags(self) -> list[list[str]]:
+        return self.node.tags()
+
+    def handle_buffer(self, payload, allocate=None):
+        return self.node.handle_buffer(payload, allocate)
+
+
 @pytest.mark.slow
 def test_a_node_reusing_its_buffers_gives_the_same_model(cluster):
-    """A real Node served in this process by NodeClient: its reply buffers are reused from the
-    second round on (requests go straight into the plan), and the model is the one of a node
-    that never reuses."""
+    """Real Nodes served in this process by NodeClient, over gRPC: through buffers reused from
+    the second round on, through buffers never reused, and streamed (requests straight into the
+    plan, replies from the plan's parameters: no buffer at all); the same model each time."""
     x, y = support.separable(90, 7)
     tags = ["buffers"]
     results, reused = {}, {}
-    for keep in (2, 0):
+    for how, keep in (("reuse", 2), ("never", 0), ("stream", 2)):
         node = Node("fake-a", Dataset(x, y, tags=tags, name="buffers"), approval=False)
+        served = node if how == "stream" else BufferNode(node)
         client = NodeClient(
-            node, cluster.address, cluster.token("fake-a"), ca_cert=cluster.ca, keep_buffers=keep
+            served, cluster.address, cluster.token("fake-a"), ca_cert=cluster.ca, keep_buffers=keep
         )
         client.buffers.min_bytes = 0  # this model's messages are small: keep them all the same
         thread = threading.Thread(target=client.run, daemon=True)
@@ -114,8 +129,8 @@ def test_a_node_reusing_its_buffers_gives_the_same_model(cluster):
                 progress=False,
             )
             support.in_thread(exp.run).result(timeout=120)
-            results[keep] = {k: v.copy() for k, v in exp.global_params.items()}
-            reused[keep] = client.buffers.reused
+            results[how] = {k: v.copy() for k, v in exp.global_params.items()}
+            reused[how] = client.buffers.reused
         finally:
             client.stop()
             thread.join(30)
@@ -123,8 +138,9 @@ def test_a_node_reusing_its_buffers_gives_the_same_model(cluster):
             support.wait_until(
                 lambda: "fake-a" not in cluster.transport.node_tags(), 30, "fake-a to go"
             )
-    # rounds 2 and 3: the training request and its reply; the validation requests too
-    assert reused[2] >= 4 and reused[0] == 0
-    assert set(results[2]) == set(results[0])
-    for name, value in results[0].items():
-        assert np.array_equal(results[2][name], value), name
+    # rounds 2 and 3: the training request and its reply, the validation request and its reply
+    assert reused["reuse"] >= 8 and reused["never"] == 0 and reused["stream"] == 0
+    for how in ("reuse", "stream"):
+        assert set(results[how]) == set(results["never"])
+        for name, value in results["never"].items():
+            assert np.array_equal(results[how][name], value), (how, name)

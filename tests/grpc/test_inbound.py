@@ -19,6 +19,7 @@ pytest.importorskip("grpc")
 
 from fedplug.transport.grpc import (
     CANCEL,
+    DATA,
     GRANT,
     READY,
     TASK,
@@ -184,3 +185,18 @@ def test_a_request_that_never_completes_does_not_hold_the_node(node_state, how):
         while not outbox.empty():
             item = outbox.get_nowait()
             assert not (isinstance(item, bytes) and frame_kind(item) == READY)
+
+
+def test_a_reply_being_sent_stops_when_the_next_request_comes(node_state):
+    """The reply's frames are views of the plan, which the next request overwrites: they must
+    not go on once it is announced."""
+    _, state, outbox = node_state
+    _send(state, 1, _request(0))
+    assert _ready(outbox)["task"] == 1
+    state.on_frame(control(GRANT, {"task": 1}))
+    frames = outbox.get(timeout=10)
+    first = next(frames)
+    assert frame_kind(first) == DATA
+    _send(state, 2, _request(1))
+    assert list(frames) == []  # nothing more of task 1
+    assert _ready(outbox)["task"] == 2

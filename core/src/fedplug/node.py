@@ -175,6 +175,14 @@ class Node:
         with self._lock:
             return msg.encode_buffer(self._serve_stream(chunks, size), allocate)
 
+    def serve_stream(self, chunks: Iterable[Any], size: int) -> list[Any]:
+        """:meth:`handle_stream`, with the reply as :func:`fedplug.messages.encode_parts`
+        buffers instead of one array: its parameters are not copied at all, they are views of
+        the plan's (:meth:`~fedplug.plan.TrainingPlan.parameter_views`). They stay valid until
+        this node serves its next request; send them before."""
+        with self._lock:
+            return msg.encode_parts(self._serve_stream(chunks, size))
+
     def _serve(self, payload: Any) -> msg.Message:
         ids: list[Any] = ["", -1]
         try:

@@ -67,6 +67,9 @@ class LogisticRegressionPlan(TrainingPlan):
     def get_parameters(self) -> Params:
         return {name: value.copy() for name, value in self.model.params.items()}
 
+    def parameter_views(self) -> Params:
+        return dict(self.model.params)
+
     def parameter_buffers(self) -> Params:
         return dict(self.model.params)  # trained and loaded in place
 

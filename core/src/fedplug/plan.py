@@ -184,8 +184,9 @@ class TrainingPlan:
 
     def parameter_views(self) -> Params:
         """The parameters as arrays that may share memory with the model, valid until it next
-        changes. A node encodes its reply from them at once, saving a copy of the model; plans
-        whose framework allows it override this (default: :meth:`get_parameters`)."""
+        changes. A node sends its reply from them before it serves another request, saving a
+        copy of the model; plans whose framework allows it override this (default:
+        :meth:`get_parameters`)."""
         return self.get_parameters()
 
     def parameter_buffers(self) -> Params | None:

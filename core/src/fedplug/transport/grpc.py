@@ -1112,6 +1112,7 @@ class _NodeState:
                 )
                 return
             with self.lock:  # a new round: replies of earlier ones are not wanted any more
+                self.cancelled.update(self.replies)  # nor sent on: the plan will change
                 self.replies.clear()
             if isinstance(self.receiver, Inbound):  # never completed: its reader must not wait
                 self.receiver.abort(f"task {task} replaced the request")
@@ -1125,9 +1126,8 @@ class _NodeState:
             with self.lock:  # kept until CANCEL: the researcher may ask for it again
                 reply = self.replies.get(task)
             if reply is not None:
-                self.outbox.put(
-                    data_frames(task, [reply], self.client.chunk_bytes, self._cut(task))
-                )
+                parts = reply if isinstance(reply, list) else [reply]
+                self.outbox.put(data_frames(task, parts, self.client.chunk_bytes, self._cut(task)))
         elif kind == CANCEL:
             task = parse_control(frame, kind, {"task": int})["task"]
             with self.lock:
@@ -1156,10 +1156,17 @@ class _NodeState:
         threading.Thread(target=target, args=(receiver,), daemon=True, name="fedplug-work").start()
 
     def work_stream(self, inbound: Inbound) -> None:
-        """Run one request on the node while it arrives (off the reading thread)."""
+        """Run one request on the node while it arrives (off the reading thread). The reply is
+        sent from the plan's own parameters (Node.serve_stream), not from a copy: the node
+        serves no other request until the researcher ends the round (CANCEL) or sends the next
+        one (TASK), and both stop this reply's frames first."""
         self.busy = "working"
+        node = self.client.node
         try:  # never raises on bad input
-            reply = self.client.node.handle_stream(inbound, inbound.size, self.client.buffers.take)
+            if hasattr(node, "serve_stream"):
+                reply: Any = node.serve_stream(inbound, inbound.size)
+            else:
+                reply = node.handle_stream(inbound, inbound.size, self.client.buffers.take)
         finally:
             self.busy = ""
         self._announce(inbound.task, reply)
@@ -1186,7 +1193,9 @@ class _NodeState:
             if task in self.cancelled:
                 return
             self.replies[task] = reply
-        self.outbox.put(control(READY, {"task": task, "size": len(reply)}))
+        parts = reply if isinstance(reply, list) else [reply]
+        size = sum(memoryview(part).nbytes for part in parts)
+        self.outbox.put(control(READY, {"task": task, "size": size}))
 
     def heartbeats(self, ended: threading.Event, call: Any) -> None:
         """Send a heartbeat every ``heartbeat_s``; end the call if the researcher went silent."""
