@@ -10,10 +10,11 @@ Control frames (HELLO, WELCOME, TASK, READY, GRANT, CANCEL, REFUSED, HEARTBEAT) 
 msgpack map. DATA frames carry ``u64 task | u64 offset | bytes``. A message (the bytes of
 :mod:`fedplug.messages`) crosses as an announcement of its size, then DATA frames of at most
 ``chunk_bytes`` covering it in order. A node decodes a request while its frames arrive
-(:class:`Inbound`, :meth:`fedplug.node.Node.handle_stream`): the parameters go straight into its
-plan. The researcher folds a streamed reply into the aggregator while it arrives, or copies a
-reply into one buffer allocated at the announced size and decodes it from there. No message
-limit applies but the receiver's own (``max_reply_bytes``, a node's ``max_message_mb``).
+(:class:`Inbound`, :meth:`fedplug.node.Node.serve_stream`): the parameters go straight into its
+plan, and its reply is sent from the plan's parameters. The researcher folds a streamed reply
+into the aggregator while it arrives, or copies a reply into one buffer allocated at the
+announced size and decodes it from there. No message limit applies but the receiver's own
+(``max_reply_bytes``, a node's ``max_message_mb``).
 
 - Researcher to node: ``TASK {task, size}`` then DATA. The payload is sent from the global
   model's own memory (:func:`fedplug.messages.encode_parts`), to every node, without a copy.
