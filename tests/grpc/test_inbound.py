@@ -60,15 +60,17 @@ def test_an_inbound_message_refuses_a_frame_that_does_not_continue_it():
 
 def test_frames_wait_for_a_slow_reader_once_it_has_started_and_not_before():
     frames = list(data_frames(7, [PAYLOAD], 1000))  # 11 frames
-    inbound = Inbound(7, len(PAYLOAD), ahead=2)
+    waits = []
+    inbound = Inbound(7, len(PAYLOAD), ahead=2, on_wait=lambda: waits.append(1))
     for frame in frames[:4]:  # no reader yet (the node is busy): kept, nothing waits
         inbound.add(frame)
     reading = iter(inbound)
     got = [next(reading)]  # the reader started; 3 frames wait, more than ahead=2
     adder = threading.Thread(target=lambda: [inbound.add(f) for f in frames[4:]], daemon=True)
     adder.start()
-    adder.join(0.3)
+    adder.join(1.2)
     assert adder.is_alive() and len(inbound._items) == 3  # held back: the sender waits
+    assert len(waits) >= 1  # and says every half second that the connection is alive
     got += list(reading)
     adder.join(10)
     assert not adder.is_alive()

@@ -183,11 +183,14 @@ class Inbound:
     Once its reader has started, :meth:`add` waits while ``ahead`` frames are waiting to be
     read, so that a reader slower than the network holds back the sender (gRPC's flow control)
     rather than lets frames pile up in memory; before that (e.g. while the node finishes the
-    previous request) frames are kept. Frames that arrive once the reader stopped reading (it
-    closed the iterator, e.g. after refusing the message) are checked and dropped."""
+    previous request) frames are kept. ``on_wait()`` is called every half second of such a
+    wait (the connection is not silent, only not read). Frames that arrive once the reader
+    stopped reading (it closed the iterator, e.g. after refusing the message) are checked and
+    dropped."""
 
-    def __init__(self, task: int, size: int, ahead: int = 8) -> None:
+    def __init__(self, task: int, size: int, ahead: int = 8, on_wait: Any = None) -> None:
         self.task, self.size, self.received, self.ahead = task, size, 0, ahead
+        self.on_wait = on_wait
         self.reading = self.closed = False
         self._items: deque[Any] = deque()
         self._cv = threading.Condition()
@@ -199,7 +202,8 @@ class Inbound:
         if n:
             with self._cv:
                 while self.reading and not self.closed and len(self._items) >= self.ahead:
-                    self._cv.wait()
+                    if not self._cv.wait(0.5) and self.on_wait is not None:
+                        self.on_wait()
                 if not self.closed:
                     self._items.append(memoryview(frame)[_DATA_HEAD.size :])
                     self._cv.notify_all()
@@ -1117,8 +1121,9 @@ class _NodeState:
                 self.replies.clear()
             if isinstance(self.receiver, Inbound):  # never completed: its reader must not wait
                 self.receiver.abort(f"task {task} replaced the request")
-            if hasattr(self.client.node, "handle_stream"):  # decoded while it arrives
-                self.receiver = Inbound(task, size)
+            node = self.client.node
+            if hasattr(node, "serve_stream") or hasattr(node, "handle_stream"):  # while it arrives
+                self.receiver = Inbound(task, size, on_wait=self._heard)
                 self._start(self.work_stream, self.receiver)
             else:
                 self.receiver = Receiver(task, size, self.client.buffers.take)
@@ -1151,6 +1156,10 @@ class _NodeState:
 
     def _cut(self, task: int) -> Any:
         return lambda: task in self.cancelled
+
+    def _heard(self) -> None:
+        # the reader waits on this node's decoding, not on the researcher: not a silence
+        self.last_seen = time.monotonic()
 
     @staticmethod
     def _start(target: Any, receiver: Receiver | Inbound) -> None:
