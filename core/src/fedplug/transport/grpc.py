@@ -1082,7 +1082,7 @@ class _NodeState:
         self.last_seen = time.monotonic()
         self.receiver: Receiver | Inbound | None = None
         self.refused: set[int] = set()
-        self.replies: dict[int, bytes] = {}
+        self.replies: dict[int, list[Any]] = {}  # each reply's buffers
         self.cancelled: set[int] = set()
         self.busy = ""
         self.lock = threading.Lock()
@@ -1132,8 +1132,7 @@ class _NodeState:
             with self.lock:  # kept until CANCEL: the researcher may ask for it again
                 reply = self.replies.get(task)
             if reply is not None:
-                parts = reply if isinstance(reply, list) else [reply]
-                self.outbox.put(data_frames(task, parts, self.client.chunk_bytes, self._cut(task)))
+                self.outbox.put(data_frames(task, reply, self.client.chunk_bytes, self._cut(task)))
         elif kind == CANCEL:
             task = parse_control(frame, kind, {"task": int})["task"]
             with self.lock:
@@ -1199,11 +1198,11 @@ class _NodeState:
         self._announce(task, reply)
 
     def _announce(self, task: int, reply: Any) -> None:
+        parts = reply if isinstance(reply, list) else [reply]
         with self.lock:
             if task in self.cancelled:
                 return
-            self.replies[task] = reply
-        parts = reply if isinstance(reply, list) else [reply]
+            self.replies[task] = parts
         size = sum(memoryview(part).nbytes for part in parts)
         self.outbox.put(control(READY, {"task": task, "size": size}))
 
