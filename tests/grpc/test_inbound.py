@@ -23,10 +23,12 @@ from fedplug.transport.grpc import (
     GRANT,
     READY,
     TASK,
+    GrpcTransport,
     Inbound,
     NodeClient,
     ProtocolError,
     _NodeState,
+    _Task,
     control,
     data_frames,
     frame_kind,
@@ -202,3 +204,22 @@ def test_a_reply_being_sent_stops_when_the_next_request_comes(node_state):
     _send(state, 2, _request(1))
     assert list(frames) == []  # nothing more of task 1
     assert _ready(outbox)["task"] == 2
+
+
+@pytest.mark.parametrize("answer", ["ready", "failed"])
+def test_the_researcher_stops_sending_a_request_its_node_has_answered(answer):
+    """A node answers before its whole request arrived only when it refused it from its header
+    (an unapproved plan, wrong shapes): the rest of a large model is not sent for nothing."""
+    transport = GrpcTransport("127.0.0.1:0", chunk_bytes=1000)
+    try:
+        task = _Task(5, "node", None)
+        frames = transport._sending(task, [PAYLOAD])
+        sent = [next(frames), next(frames)]
+        task.state = answer  # READY from the node, or the task failed
+        sent += list(frames)
+        assert len(sent) == 2 and task.state == answer
+        whole = _Task(6, "node", None)
+        assert len(list(transport._sending(whole, [PAYLOAD]))) == 11
+        assert whole.state == "running"
+    finally:
+        transport.close()

@@ -808,7 +808,9 @@ class GrpcTransport:
                     self._release(task)
 
     def _sending(self, task: _Task, parts: list[Any]) -> Iterator[bytes]:
-        yield from data_frames(task.id, parts, self.chunk_bytes, lambda: task.state == "failed")
+        # A node that answers before its request is complete refused it (from its header): the
+        # rest would be dropped on arrival, so it is not sent; nor once the task failed.
+        yield from data_frames(task.id, parts, self.chunk_bytes, lambda: task.state != "sending")
         with self._cv:
             if task.state == "sending":
                 task.state, task.started = "running", time.monotonic()
