@@ -271,16 +271,26 @@ def grpc_federation(
     registry and ``fedplug node start`` process per hospital, each holding its data in its own
     folder. Yields the researcher's transport once every node is connected; stops the node
     processes on exit, also when interrupted."""
-    from fedplug.deploy import NodeSpec, local_deployment
+    from fedplug.deploy import local_deployment
 
     workdir = Path(workdir).absolute()
+    specs = demo_node_specs(n_nodes, seed, workdir)
+    with local_deployment(workdir, specs, wait_timeout=wait_timeout) as deployment:
+        yield deployment.transport
+
+
+def demo_node_specs(n_nodes: int, seed: int, workdir: Path, **settings: Any) -> list[Any]:
+    """The demo's hospitals as node specs (:class:`fedplug.deploy.NodeSpec`), their data
+    written under ``workdir/data``; ``settings``: more NodeSpec fields for each (``node``,
+    ``researcher``)."""
+    from fedplug.deploy import NodeSpec
+
     x, y = load_breast_cancer()
     specs = []
     for i, idx in enumerate(label_skew_split(y, n_nodes, seed)):
-        data = workdir / "data" / f"hospital-{i + 1}.npz"
+        data = Path(workdir) / "data" / f"hospital-{i + 1}.npz"
         data.parent.mkdir(parents=True, exist_ok=True)
         np.savez(data, x=x[idx], y=y[idx])
         dataset = (f"breast-cancer-{i + 1}", "numpy", TAGS, {"path": str(data)})
-        specs.append(NodeSpec(f"hospital-{i + 1}", [dataset]))
-    with local_deployment(workdir, specs, wait_timeout=wait_timeout) as deployment:
-        yield deployment.transport
+        specs.append(NodeSpec(f"hospital-{i + 1}", [dataset], **settings))
+    return specs

@@ -1,0 +1,412 @@
+"""Fuzz and soak the gRPC transport with real processes: the long runs CI leaves out.
+
+Usage: ``python bench/grpc_soak.py [--fuzz N] [--rounds R] [--quick]``
+
+1. **Researcher fuzz.** ``N`` hostile clients against a researcher that serves 3 real node
+   processes (the demo's hospitals, plaintext on loopback: any client is admitted, so every
+   case reaches the frame protocol). Each says HELLO, then sends one hostile sequence: random
+   bytes, a control frame of each kind a node may send with a random or mistyped body, kinds a
+   node never sends, DATA for no task, a short DATA frame, READY for an unknown task. Each must
+   end that client's stream with ``INVALID_ARGUMENT: protocol error ...`` within 10 s, except a
+   HEARTBEAT, which any body may carry and which leaves the stream open. Every 25 cases, a
+   FedAvg round over the real nodes (``on_node_failure="fail"``) must still succeed.
+2. **Node fuzz.** A fake researcher (a gRPC server speaking the frame protocol) serves a real
+   ``fedplug node start`` process: each time the node connects it gets WELCOME, then one hostile
+   case: random frames; a TASK then DATA of random bytes (the node must answer READY, and the
+   granted reply must be an ErrorReply); a TASK cut off by CANCEL; a TASK cut off by the
+   connection ending; DATA for no task; a GRANT or CANCEL for unknown tasks. The node process must
+   outlive every case and connect again; at the end a valid training request gets a TrainReply.
+3. **Soak.** ``R`` rounds of the demo workload over gRPC with TLS (3 node processes, skip policy,
+   at least 2 nodes per round); every 10 rounds one node process is killed (SIGKILL) and started
+   again. Each round records its time, the researcher's RSS and the nodes' RSS. Reports the
+   completed and degraded rounds and the RSS drift (median of the last tenth of the rounds
+   against the second tenth): a leak shows as a drift that grows with ``R``.
+
+Exit status 0 when every check held, 1 otherwise. JSON in ``bench/results/grpc_soak.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from fedplug import Experiment
+from fedplug import messages as msg
+from fedplug.demo import TAGS, demo_node_specs
+from fedplug.deploy import local_deployment, prepare_nodes
+from fedplug.transport import grpc as wire
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results" / "grpc_soak.json"
+NODES = 3
+KILL_EVERY = 10
+NODE_KINDS = (wire.HELLO, wire.READY, wire.REFUSED, wire.DATA, wire.HEARTBEAT)
+
+
+def _experiment(transport: Any, **options: Any) -> Experiment:
+    return Experiment(
+        nodes=transport,
+        tags=TAGS,
+        training_plan="numpy-logreg",
+        model_args={"n_features": 30},
+        training_args={"batch_size": 16, "epochs": 1, "test_ratio": 0.2},
+        seed=0,
+        progress=False,
+        **options,
+    )
+
+
+def _rss_mib(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- 1. researcher fuzz -------------------------------------------------------------------------
+def _random_body(rng: random.Random) -> Any:
+    choices = [
+        lambda: {},
+        lambda: {"task": rng.choice([-1, 2**70, "7", None, 1.5, True])},
+        lambda: {"task": rng.randrange(10**6), "size": rng.choice([-5, 0, 2**62, "big"])},
+        lambda: [1, 2, 3],
+        lambda: rng.randbytes(rng.randrange(20)),
+        lambda: {rng.randbytes(3): rng.random()},
+    ]
+    return rng.choice(choices)()
+
+
+def hostile_node_frames(rng: random.Random) -> tuple[str, list[bytes]]:
+    """One hostile sequence a client sends after its HELLO, and what it is."""
+    case = rng.choice(["random", "control", "foreign kind", "data", "short data", "heartbeat"])
+    if case == "random":
+        frame = rng.randbytes(rng.randrange(1, 80))
+        if frame[0] == wire.HEARTBEAT:
+            frame = b"\x00" + frame[1:]
+        return case, [frame]
+    if case == "control":
+        kind = rng.choice([wire.READY, wire.REFUSED])
+        try:
+            body = msgpack.packb(_random_body(rng), use_bin_type=True)
+        except (TypeError, ValueError, OverflowError):
+            body = b"\xc1"  # never valid msgpack
+        return case, [bytes([kind]) + body]
+    if case == "foreign kind":
+        kind = rng.choice([wire.HELLO, wire.WELCOME, wire.TASK, wire.GRANT, wire.CANCEL])
+        return case, [wire.control(kind, {"task": 1, "size": 1})]
+    if case == "data":
+        head = wire._DATA_HEAD.pack(wire.DATA, rng.randrange(10**6), 0)
+        return case, [head + rng.randbytes(rng.randrange(100))]
+    if case == "short data":
+        return case, [bytes([wire.DATA]) + rng.randbytes(rng.randrange(16))]
+    return case, [bytes([wire.HEARTBEAT]) + rng.randbytes(rng.randrange(30))]
+
+
+def _raw_client(address: str, name: str, frames: list[bytes], timeout: float) -> tuple[str, float]:
+    """Send HELLO and ``frames``; the status that ended the stream (or "open") and how long the
+    researcher took."""
+    import grpc
+
+    hello = wire.control(wire.HELLO, {"name": name, "tags": [["fuzz"]], "wire": msg.VERSION})
+    hold = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield hello
+        yield from frames
+        hold.wait(timeout + 5)  # this side never ends the stream first
+
+    start = time.perf_counter()
+    with grpc.insecure_channel(address, options=wire.channel_options()) as channel:
+        call = channel.stream_stream(wire.METHOD)(requests(), timeout=timeout)
+        try:
+            for _ in call:
+                pass
+            outcome = "closed cleanly"
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                outcome = "open"
+            else:
+                outcome = f"{exc.code().name}: {(exc.details() or '')[:40]}"
+        finally:
+            hold.set()
+    return outcome, time.perf_counter() - start
+
+
+def researcher_fuzz(cases: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
+    rng = random.Random(seed)
+    outcomes: dict[str, dict[str, int]] = {}
+    failures, rounds_ok, slowest = [], 0, 0.0
+    specs = demo_node_specs(NODES, 0, workdir)
+    with local_deployment(workdir, specs, tls=False) as deployment:
+        address = f"127.0.0.1:{deployment.transport.port}"
+        exp = _experiment(deployment.transport, on_node_failure="fail")
+        for i in range(cases):
+            case, frames = hostile_node_frames(rng)
+            heartbeat = case == "heartbeat"
+            outcome, seconds = _raw_client(address, f"fuzz-{i}", frames, 2.0 if heartbeat else 10.0)
+            slowest = max(slowest, 0.0 if heartbeat else seconds)
+            short = outcome.split(" ...")[0] if outcome.startswith("INVALID") else outcome
+            outcomes.setdefault(case, {}).setdefault(short.split(":")[0], 0)
+            outcomes[case][short.split(":")[0]] += 1
+            expected = "open" if heartbeat else "INVALID_ARGUMENT: protocol error"
+            if not outcome.startswith(expected):
+                failures.append(f"case {i} ({case}, {frames[0][:20]!r}): {outcome}")
+            if (i + 1) % 25 == 0 or i == cases - 1:
+                try:
+                    summary = exp.run_once()
+                    rounds_ok += len(summary["nodes"]) == NODES
+                except Exception as exc:  # reported, and the bench fails
+                    failures.append(f"round after case {i}: {type(exc).__name__}: {exc}")
+        exp.close()
+    print(f"  researcher fuzz: {cases} cases, {len(failures)} unexpected", file=sys.stderr)
+    return {"cases": cases, "outcomes": outcomes, "failures": failures,
+            "rounds_ok": rounds_ok, "slowest_refusal_s": slowest}  # fmt: skip
+
+
+# -- 2. node fuzz -------------------------------------------------------------------------------
+class FakeResearcher:
+    """A gRPC server speaking the frame protocol to a node: on each connection, WELCOME, then
+    the next scripted case (a function of the frames the node sends)."""
+
+    def __init__(self) -> None:
+        import grpc
+
+        self.cases: queue.SimpleQueue = queue.SimpleQueue()
+        self.connections = 0
+        handler = grpc.method_handlers_generic_handler(
+            "fedplug.v1.Federation",
+            {"Connect": grpc.stream_stream_rpc_method_handler(self._connect)},
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(4), options=wire.channel_options())
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def _connect(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        hello = next(requests)
+
+        def read() -> None:
+            try:
+                for frame in requests:
+                    if frame[0] != wire.HEARTBEAT:
+                        inbox.put(frame)
+            except Exception:  # the node hung up: the case decides
+                pass
+            inbox.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        self.connections += 1
+        yield wire.control(wire.WELCOME, {"heartbeat_s": 5.0})
+        script, done = self.cases.get()
+        try:
+            yield from script(inbox, hello)
+        finally:
+            done.set()
+
+    def run(self, script: Any, timeout: float = 30.0) -> bool:
+        """Serve ``script`` to the node's next connection; True once it ended."""
+        done = threading.Event()
+        self.cases.put((script, done))
+        return done.wait(timeout)
+
+
+def _frame_of(inbox: queue.SimpleQueue, kind: int, timeout: float = 10.0) -> bytes | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            frame = inbox.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            return None
+        if frame is None or frame[0] == kind:
+            return frame
+    return None
+
+
+def node_fuzz(cases: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
+    rng = random.Random(seed)
+    fake = FakeResearcher()
+    [spec] = demo_node_specs(
+        1, 0, workdir, researcher={"reconnect_s": 0.05, "max_reconnect_s": 0.2}
+    )
+    deployment = prepare_nodes(workdir, [spec], f"127.0.0.1:{fake.port}", None)
+    failures, kinds, replies = [], {}, {}
+    request = msg.encode(
+        msg.TrainRequest("fuzz", 0, msg.PlanRef(name="numpy-logreg"), {"n_features": 30},
+                         {"batch_size": 16, "epochs": 1}, TAGS,
+                         {"weight": np.zeros((30, 2)), "bias": np.zeros(2)})
+    )  # fmt: skip
+
+    def send(task: int, payload: bytes, upto: int | None = None) -> Iterator[bytes]:
+        yield wire.control(wire.TASK, {"task": task, "size": len(payload)})
+        frames = list(wire.data_frames(task, [payload], 4096))
+        yield from frames[:upto]
+
+    def ask(task: int, payload: bytes) -> Any:
+        """Send ``payload`` as a request, grant the reply and keep it in ``replies``."""
+
+        def script(inbox: queue.SimpleQueue, hello: bytes) -> Iterator[bytes]:
+            yield from send(task, payload)
+            ready = _frame_of(inbox, wire.READY)
+            if ready is None:
+                return  # no reply: the case reports it
+            size = wire.parse_control(ready, wire.READY, {"task": int, "size": int})["size"]
+            yield wire.control(wire.GRANT, {"task": task})  # the rest runs once it is sent
+            parts, got = [], 0
+            while got < size and (frame := _frame_of(inbox, wire.DATA)) is not None:
+                parts.append(frame[wire._DATA_HEAD.size :])
+                got += len(parts[-1])
+            replies[task] = msg.decode(b"".join(parts)) if got == size else None
+            yield wire.control(wire.CANCEL, {"task": task})
+
+        return script
+
+    try:
+        deployment.start_all()
+        for i in range(cases):
+            case = rng.choice(["random", "garbage request", "cancelled", "cut", "data", "grant"])
+            kinds[case] = kinds.get(case, 0) + 1
+            task = 1000 + i
+            if case == "random":
+                frames = [rng.randbytes(rng.randrange(1, 60)) for _ in range(rng.randrange(1, 4))]
+                script = lambda inbox, hello, f=frames: iter(f)  # noqa: E731
+            elif case == "garbage request":
+                script = ask(task, rng.randbytes(rng.randrange(4, 20000)))
+            elif case == "cancelled":
+                cut = send(task, request, upto=1)
+                script = lambda inbox, hello, c=cut, t=task: iter(  # noqa: E731
+                    [*c, wire.control(wire.CANCEL, {"task": t})]
+                )
+            elif case == "cut":
+                cut = list(send(task, request, upto=1))
+                script = lambda inbox, hello, c=cut: iter(c)  # noqa: E731
+            elif case == "data":
+                frame = wire._DATA_HEAD.pack(wire.DATA, task, 0) + rng.randbytes(50)
+                script = lambda inbox, hello, f=frame: iter([f])  # noqa: E731
+            else:
+                kind = rng.choice([wire.GRANT, wire.CANCEL])
+                script = lambda inbox, hello, k=kind, t=task: iter(  # noqa: E731
+                    [wire.control(k, {"task": t})]
+                )
+            if not fake.run(script):
+                failures.append(f"case {i} ({case}): the node did not connect within 30 s")
+            if case == "garbage request" and not isinstance(replies.get(task), msg.ErrorReply):
+                failures.append(f"case {i}: a garbage request got {replies.get(task)!r:.80}")
+            if deployment.procs[spec.name].poll() is not None:
+                failures.append(f"case {i} ({case}): the node process exited")
+                break
+        fake.run(ask(99, request))
+        final = replies.get(99)
+        if not isinstance(final, msg.TrainReply):
+            failures.append(f"a valid request after the fuzzing got {final!r:.100}")
+    finally:
+        deployment.stop()
+        fake.server.stop(None)
+    print(f"  node fuzz: {cases} cases, {len(failures)} unexpected", file=sys.stderr)
+    return {"cases": cases, "kinds": kinds, "connections": fake.connections,
+            "failures": failures}  # fmt: skip
+
+
+# -- 3. soak ------------------------------------------------------------------------------------
+def soak(rounds: int, workdir: Path) -> dict[str, Any]:
+    specs = demo_node_specs(NODES, 0, workdir)
+    rows, failures = [], []
+    with local_deployment(workdir, specs) as deployment:
+        transport = deployment.transport
+        exp = _experiment(transport, on_node_failure="skip", min_nodes=2, request_timeout=60)
+        names = [spec.name for spec in specs]
+        for r in range(rounds):
+            victim = None
+            if r and r % KILL_EVERY == 0:
+                victim = names[(r // KILL_EVERY) % NODES]
+                deployment.kill(victim)
+            start = time.perf_counter()
+            try:
+                summary = exp.run_once()
+            except Exception as exc:  # reported, and the bench fails
+                failures.append(f"round {r}: {type(exc).__name__}: {exc}")
+                summary = {"nodes": []}
+            if victim is not None:
+                deployment.start(victim)
+                transport.wait_for_nodes(TAGS, names=names, timeout=120)
+            nodes_rss = sum(_rss_mib(proc.pid) for proc in deployment.procs.values())
+            rows.append({"round_s": time.perf_counter() - start, "nodes": len(summary["nodes"]),
+                         "researcher_rss_mib": _rss_mib(), "nodes_rss_mib": nodes_rss})  # fmt: skip
+        exp.close()
+    tenth = max(rounds // 10, 1)
+
+    def drift(key: str) -> float:
+        early = statistics.median(row[key] for row in rows[tenth : 2 * tenth] or rows)
+        return statistics.median(row[key] for row in rows[-tenth:]) - early
+
+    print(f"  soak: {rounds} rounds, {len(failures)} failed", file=sys.stderr)
+    return {
+        "rounds": rounds,
+        "complete_rounds": sum(row["nodes"] == NODES for row in rows),
+        "degraded_rounds": sum(0 < row["nodes"] < NODES for row in rows),
+        "median_round_s": statistics.median(row["round_s"] for row in rows),
+        "researcher_rss_drift_mib": drift("researcher_rss_mib"),
+        "nodes_rss_drift_mib": drift("nodes_rss_mib"),
+        "failures": failures,
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--fuzz", type=int, default=300, help="hostile cases per side (300)")
+    parser.add_argument("--rounds", type=int, default=200, help="soak rounds (200)")
+    parser.add_argument("--quick", action="store_true", help="40 cases per side, 30 rounds")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON (default {RESULTS})")
+    args = parser.parse_args(argv)
+    cases, rounds = (40, 30) if args.quick else (args.fuzz, args.rounds)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedplug-grpc-soak-") as tmp:
+        work = Path(tmp)
+        result = {
+            "researcher_fuzz": researcher_fuzz(cases, work / "researcher-fuzz"),
+            "node_fuzz": node_fuzz(cases, work / "node-fuzz"),
+            "soak": soak(rounds, work / "soak"),
+        }
+    fuzz, nodes, long = result["researcher_fuzz"], result["node_fuzz"], result["soak"]
+    print(f"\n## researcher fuzz: {fuzz['cases']} hostile clients")
+    for case, counts in sorted(fuzz["outcomes"].items()):
+        print(f"  {case:13s} {counts}")
+    print(f"  rounds over the real nodes in between: {fuzz['rounds_ok']} complete; slowest "
+          f"refusal {fuzz['slowest_refusal_s'] * 1000:.1f} ms")  # fmt: skip
+    print(f"\n## node fuzz: {nodes['cases']} cases {nodes['kinds']}, "
+          f"{nodes['connections']} connections of one node process")  # fmt: skip
+    print(f"\n## soak: {long['rounds']} rounds, a node killed every {KILL_EVERY}")
+    print(f"  complete {long['complete_rounds']}, degraded {long['degraded_rounds']}, "
+          f"median round {long['median_round_s'] * 1000:.1f} ms")  # fmt: skip
+    print(f"  RSS drift (last tenth vs second tenth): researcher "
+          f"{long['researcher_rss_drift_mib']:+.1f} MiB, "
+          f"nodes {long['nodes_rss_drift_mib']:+.1f} MiB")  # fmt: skip
+    failures = fuzz["failures"] + nodes["failures"] + long["failures"]
+    for failure in failures:
+        print(f"UNEXPECTED: {failure}")
+    result["meta"] = {"seconds": round(time.perf_counter() - started, 1), "cpus": os.cpu_count()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{'all checks held' if not failures else f'{len(failures)} unexpected outcomes'}; "
+          f"took {result['meta']['seconds']:.0f} s; JSON in {args.out}")  # fmt: skip
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
