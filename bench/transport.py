@@ -12,7 +12,9 @@ Usage: ``python bench/transport.py [--quick] [--out PATH]``
    round, then timed rounds. Bytes per round = 4 requests down + 4 replies up, as the transport
    saw them; effective throughput = bytes / median round time, over TLS and plaintext gRPC.
    Raw loopback: the same bytes sent in this run by a plain TCP socket sender to a child process
-   that ``recv_into()``s preallocated buffers, over one stream and over 4 parallel streams.
+   that ``recv_into()``s preallocated buffers, over one stream and over 4 parallel streams;
+   raw TLS: the same over 4 TLS streams with Python's ``ssl`` (the node's certificate check,
+   no framing, no gRPC): what TLS itself costs a Python process on this machine.
    Bare grpcio: the same bytes through grpcio with no fedplug code (:func:`bare_grpc`: one server
    in this process, 4 client processes, the same message size, channel options and TLS, down to
    all at once, then up one after the other; nothing framed, decoded or kept): what grpcio's
@@ -280,16 +282,32 @@ def fedplug_throughput(mib: int, rounds: int, tls: bool, workdir: Path) -> dict[
     return row
 
 
-def _sink(pipe: Any, streams: int, buffer_bytes: int, repeat: int) -> None:
+def _sink(
+    pipe: Any, streams: int, buffer_bytes: int, repeat: int, tls: tuple[str, str] | None = None
+) -> None:
     """Child process: accept ``streams`` connections, ``repeat`` times; each announces its byte
-    count, received into a preallocated buffer (wrapping around), then acknowledged."""
+    count, received into a preallocated buffer (wrapping around), then acknowledged. ``tls``:
+    (certificate, key) PEM paths: the connections are TLS (Python's ``ssl``, OpenSSL)."""
+    import ssl
+
     listener = socket.create_server(("127.0.0.1", 0), backlog=streams)
     pipe.send(listener.getsockname()[1])
     buffers = [memoryview(bytearray(buffer_bytes)) for _ in range(streams)]
+    context = None
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
 
     def drain(sock: socket.socket, buffer: memoryview) -> None:
+        if context is not None:
+            sock = context.wrap_socket(sock, server_side=True)
         with sock:
-            (total,) = struct.unpack("<Q", sock.recv(8, socket.MSG_WAITALL))
+            header = b""
+            while len(header) < 8:  # (an SSL socket takes no recv flags)
+                if not (piece := sock.recv(8 - len(header))):
+                    raise ConnectionError("stream ended in its header")
+                header += piece
+            (total,) = struct.unpack("<Q", header)
             got = 0
             while got < total:
                 start = got % len(buffer)
@@ -320,11 +338,22 @@ def _pour(sock: socket.socket, source: memoryview, total: int, errors: list) -> 
         errors.append(exc)
 
 
-def raw_loopback(total: int, streams: int, buffer_bytes: int) -> dict[str, Any]:
-    """Seconds to send ``total`` bytes over ``streams`` plain TCP connections to a child."""
+def raw_loopback(
+    total: int, streams: int, buffer_bytes: int, certs_dir: Path | None = None
+) -> dict[str, Any]:
+    """Seconds to send ``total`` bytes over ``streams`` plain TCP connections to a child; with
+    ``certs_dir`` (``fedplug certs init``'s files), over TLS connections that verify the
+    server's certificate, as fedplug's nodes do."""
+    import ssl
+
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_sink, args=(child, streams, buffer_bytes, RAW_REPEAT), daemon=True)
+    tls, client = None, None
+    if certs_dir is not None:
+        tls = (str(certs_dir / "server.pem"), str(certs_dir / "server.key"))
+        client = ssl.create_default_context(cafile=str(certs_dir / "ca.pem"))
+    args = (child, streams, buffer_bytes, RAW_REPEAT, tls)
+    proc = ctx.Process(target=_sink, args=args, daemon=True)
     proc.start()
     port = parent.recv()
     source = memoryview(np.full(buffer_bytes, 7, np.uint8)).cast("B")
@@ -332,6 +361,8 @@ def raw_loopback(total: int, streams: int, buffer_bytes: int) -> dict[str, Any]:
     times, cpu, other, errors = [], [], [], []
     for _ in range(RAW_REPEAT):
         socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(streams)]
+        if client is not None:
+            socks = [client.wrap_socket(sock, server_hostname="localhost") for sock in socks]
         pairs = zip(socks, shares, strict=True)
         threads = [threading.Thread(target=_pour, args=(s, source, n, errors)) for s, n in pairs]
         start, cpu_start = time.perf_counter(), time.process_time() + _cpu_s(proc.pid)
@@ -347,25 +378,31 @@ def raw_loopback(total: int, streams: int, buffer_bytes: int) -> dict[str, Any]:
     if errors or proc.exitcode != 0:
         raise RuntimeError(f"raw loopback failed: {errors}, sink exit code {proc.exitcode}")
     seconds = statistics.median(times)
-    print(f"  raw TCP, {streams} stream(s): {total / seconds / 1e9:.3f} GB/s", file=sys.stderr)
-    return {"streams": streams, "bytes": total, "seconds": seconds, "runs_s": times,
+    label = f"raw {'TLS' if tls else 'TCP'}, {streams} stream(s)"
+    print(f"  {label}: {total / seconds / 1e9:.3f} GB/s", file=sys.stderr)
+    return {"label": label, "tls": tls is not None, "streams": streams, "bytes": total,
+            "seconds": seconds, "runs_s": times,
             "gb_per_s": total / seconds / 1e9, "cpu_s": statistics.median(cpu),
             "other_cpu_s": statistics.median(other)}  # fmt: skip
 
 
 def throughput(mib: int, rounds: int, workdir: Path) -> dict[str, Any]:
+    from fedplug.deploy import make_certs
+
     runs = {name: fedplug_throughput(mib, rounds, name == "TLS", workdir)
             for name in ("TLS", "plaintext")}  # fmt: skip
     bare = {name: bare_grpc(mib, rounds, name == "TLS", workdir) for name in runs}
     total = runs["TLS"]["bytes"]
     raw = [raw_loopback(total, streams, mib << 20) for streams in (1, BIG_NODES)]
     best = max(r["gb_per_s"] for r in raw)
+    raw_tls = raw_loopback(total, BIG_NODES, mib << 20, make_certs(workdir / "raw-tls", []))
+    raw_tls["ratio_to_raw"] = raw_tls["gb_per_s"] / best
     for name, row in runs.items():
         row["ratio_to_raw"] = row["gb_per_s"] / best
         row["ratio_to_bare"] = row["gb_per_s"] / bare[name]["gb_per_s"]
         bare[name]["ratio_to_raw"] = bare[name]["gb_per_s"] / best
     return {"model_mib": mib, "nodes": BIG_NODES, "fedplug": runs, "bare_grpc": bare,
-            "raw": raw, "raw_best": best}  # fmt: skip
+            "raw": raw, "raw_best": best, "raw_tls": raw_tls}  # fmt: skip
 
 
 # -- 2b. bare grpcio: the same bytes through gRPC, no fedplug code ------------------------------
@@ -574,8 +611,9 @@ def tables(demo: dict[str, Any], tput: dict[str, Any], rss: list[dict[str, Any]]
     senders += [(f"bare grpcio, {name}", row["bytes"], row["round_s"], row["cpu_s"], None,
                  f"{row['ratio_to_raw']:.0%}", None)
                 for name, row in tput["bare_grpc"].items()]  # fmt: skip
-    senders += [(f"raw TCP, {raw['streams']} stream(s)", raw["bytes"], raw["seconds"],
-                 raw["cpu_s"], raw["other_cpu_s"], None, None) for raw in tput["raw"]]  # fmt: skip
+    senders += [(raw["label"], raw["bytes"], raw["seconds"], raw["cpu_s"], raw["other_cpu_s"],
+                 f"{raw['ratio_to_raw']:.0%}" if raw["tls"] else None, None)
+                for raw in [*tput["raw"], tput["raw_tls"]]]  # fmt: skip
     out["throughput"] = format_table(
         ["sender", "GB", "seconds", "GB/s", "CPU s per GB", "other CPU s", "of raw",
          "of bare grpcio"],
@@ -605,11 +643,12 @@ def tables(demo: dict[str, Any], tput: dict[str, Any], rss: list[dict[str, Any]]
 
 
 def targets(tput: dict[str, Any], rss: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    beside = {"TLS": f"; raw TLS without gRPC: {tput['raw_tls']['ratio_to_raw']:.0%}"}
     found = [
         {
             "target": f"gRPC {name} throughput >= {THROUGHPUT_TARGET:.0%} of raw loopback",
             "value": f"{row['ratio_to_raw']:.0%} ({row['gb_per_s']:.3f} of "
-            f"{tput['raw_best']:.3f} GB/s)",
+            f"{tput['raw_best']:.3f} GB/s){beside.get(name, '')}",
             "met": row["ratio_to_raw"] >= THROUGHPUT_TARGET,
         }
         for name, row in tput["fedplug"].items()
@@ -652,12 +691,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{demo['rounds']} rounds: {demo['max_abs_param_diff']:.1e}")  # fmt: skip
     print(f"\n## throughput: a {big_mib} MiB float32 model to {BIG_NODES} node processes and "
           "back (FedAvg), median of timed rounds; bare grpcio: the same bytes through grpcio "
-          "alone; raw: the same bytes over plain TCP")  # fmt: skip
+          "alone; raw: the same bytes over plain TCP, and over TLS with Python's ssl")  # fmt: skip
     print(text["throughput"])
     for name, row in tput["fedplug"].items():
         print(f"fedplug {name}: {row['ratio_to_bare']:.0%} of bare grpcio "
               f"({tput['bare_grpc'][name]['gb_per_s']:.3f} GB/s, "
               f"{tput['bare_grpc'][name]['ratio_to_raw']:.0%} of raw)")  # fmt: skip
+    import ssl
+
+    print(f"raw TLS ({ssl.OPENSSL_VERSION}, no gRPC): {tput['raw_tls']['ratio_to_raw']:.0%} "
+          "of raw TCP")  # fmt: skip
     drift = max(row["max_abs_param_change"] for row in tput["fedplug"].values())
     print(f"the model came back unchanged from the nodes: largest change {drift:.1e}")
     print("\n## where a gRPC round goes (CPU: all threads; the machine has "

@@ -4,6 +4,7 @@ and the ``fedplug certs`` command."""
 from __future__ import annotations
 
 import argparse
+import base64
 import ipaddress
 import json
 import subprocess
@@ -16,10 +17,15 @@ import pytest
 from fedplug.certs import (
     add_certs_commands,
     add_node,
+    add_node_certificate,
+    certificate_fingerprint,
+    check_certificate,
     check_token,
     describe_certs,
     init_certs,
+    load_certificate_pins,
     load_credentials,
+    node_tls,
     read_pem,
     remove_node,
     server_certificate,
@@ -31,9 +37,9 @@ from fedplug.errors import ConfigError
 grpc = pytest.importorskip("grpc")
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.exceptions import InvalidSignature  # noqa: E402
-from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 
 def load_cert(path: Path) -> x509.Certificate:
@@ -302,6 +308,8 @@ def test_remove_node_revokes_the_token(tmp_path):
         ('{"fedplug_credentials": 1, "nodes": []}', "not a fedplug credentials file"),
         ('{"fedplug_credentials": 1, "nodes": {"a": {"sha256": "xyz"}}}', "'a' is malformed"),
         ('{"fedplug_credentials": 1, "nodes": {"a": "0"}}', "'a' is malformed"),
+        ('{"fedplug_credentials": 1, "nodes": {"a": {"created": "x"}}}', "'a' is malformed"),
+        ('{"fedplug_credentials": 1, "nodes": {"a": {"cert_sha256": "AB"}}}', "'a' is malformed"),
         ('{"fedplug_credentials": 1, "nodes": {"../a": {"sha256": "' + "0" * 64 + '"}}}', "'../a'"),
     ],
 )
@@ -314,6 +322,119 @@ def test_malformed_credentials_are_refused(tmp_path, content, match):
 def test_missing_credentials_say_how_to_create_them(tmp_path):
     with pytest.raises(ConfigError, match=r"no credentials file.*fedplug certs node"):
         load_credentials(tmp_path)
+
+
+# --- client certificates (mutual TLS) -------------------------------------------------------
+
+
+def csr_for(key, cn: str = "ignored") -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    request = x509.CertificateSigningRequestBuilder().subject_name(name)
+    return request.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def tampered(csr_pem: bytes) -> bytes:
+    """The request with its subject changed after signing."""
+    der = bytearray(x509.load_pem_x509_csr(csr_pem).public_bytes(serialization.Encoding.DER))
+    at = der.index(b"ignored")
+    der[at : at + 7] = b"IGNORED"
+    body = base64.encodebytes(bytes(der))
+    return b"-----BEGIN CERTIFICATE REQUEST-----\n" + body + b"-----END CERTIFICATE REQUEST-----\n"
+
+
+def test_a_node_certificate_is_a_client_certificate_of_the_ca_and_is_pinned(certs):
+    cert_path, key_path = add_node_certificate(certs, "hospital-a", days=30)
+    assert (cert_path, key_path) == (certs / "nodes/hospital-a.pem", certs / "nodes/hospital-a.key")
+    assert mode(key_path) == 0o600
+    cert, ca = load_cert(cert_path), load_cert(certs / "ca.pem")
+    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "hospital-a"
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert 29 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 30
+    pins = load_certificate_pins(certs)
+    assert pins == {"hospital-a": cert.fingerprint(hashes.SHA256()).hex()}
+    assert load_credentials(certs) == {}  # no token
+    assert check_certificate(pins, cert_path.read_bytes()) == "hospital-a"
+    assert node_tls(cert_path, key_path) == (cert_path.read_bytes(), key_path.read_bytes())
+
+
+def test_only_the_pinned_certificate_is_the_node_s(certs):
+    add_node_certificate(certs, "hospital-a")
+    first = (certs / "nodes/hospital-a.pem").read_bytes()
+    add_node_certificate(certs, "hospital-b")
+    with pytest.raises(ConfigError, match="'hospital-a' already has a certificate"):
+        add_node_certificate(certs, "hospital-a")
+    add_node_certificate(certs, "hospital-a", force=True)  # reissued: the old one is refused
+    second = (certs / "nodes/hospital-a.pem").read_bytes()
+    pins = load_certificate_pins(certs)
+    assert check_certificate(pins, first) is None
+    assert check_certificate(pins, second) == "hospital-a"
+    assert check_certificate(pins, (certs / "nodes/hospital-b.pem").read_bytes()) == "hospital-b"
+    assert check_certificate(pins, (certs / "server.pem").read_bytes()) is None
+    assert check_certificate(pins, b"not a certificate") is None
+    assert certificate_fingerprint(second) == pins["hospital-a"]
+
+
+def test_a_token_and_a_certificate_replace_each_other(certs):
+    token, token_path = add_node(certs, "hospital-a")
+    with pytest.raises(ConfigError, match="'hospital-a' already has a token"):
+        add_node_certificate(certs, "hospital-a")
+    cert_path, _ = add_node_certificate(certs, "hospital-a", force=True)
+    assert not token_path.exists()
+    assert check_token(load_credentials(certs), token) is None
+    add_node(certs, "hospital-a", force=True)
+    assert not cert_path.exists() and not (certs / "nodes/hospital-a.key").exists()
+    assert load_certificate_pins(certs) == {}
+
+
+def test_remove_node_revokes_the_certificate_and_deletes_its_files(certs):
+    cert_path, key_path = add_node_certificate(certs, "hospital-a")
+    remove_node(certs, "hospital-a")
+    assert not cert_path.exists() and not key_path.exists()
+    assert load_certificate_pins(certs) == {}
+
+
+def test_a_signing_request_keeps_the_key_at_the_hospital(certs, tmp_path):
+    key = ec.generate_private_key(ec.SECP384R1())
+    (tmp_path / "h.csr").write_bytes(csr_for(key, cn="whatever-the-hospital-wrote"))
+    cert_path, key_path = add_node_certificate(certs, "hospital-a", csr=tmp_path / "h.csr")
+    assert key_path is None and not (certs / "nodes/hospital-a.key").exists()
+    cert = load_cert(cert_path)
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "hospital-a"
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "h.key").write_bytes(key_pem)
+    assert node_tls(cert_path, tmp_path / "h.key")[1] == key_pem
+
+
+def test_bad_signing_requests_are_refused_before_anything_is_written(certs, tmp_path):
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    (tmp_path / "weak.csr").write_bytes(csr_for(weak))
+    forged = tampered(csr_for(ec.generate_private_key(ec.SECP256R1())))
+    (tmp_path / "forged.csr").write_bytes(forged)
+    (tmp_path / "junk.csr").write_bytes(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n")
+    for name, match in (
+        ("weak.csr", "at least 2048 bits"),
+        ("forged.csr", "signature of .* does not verify"),
+        ("junk.csr", "holds no valid certificate signing request"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            add_node_certificate(certs, "hospital-a", csr=tmp_path / name)
+    assert not (certs / "credentials.json").exists()
+
+
+def test_node_tls_refuses_a_foreign_key_and_a_certificate_needs_a_ca(certs, tmp_path):
+    cert_a, _ = add_node_certificate(certs, "hospital-a")
+    _, key_b = add_node_certificate(certs, "hospital-b")
+    with pytest.raises(ConfigError, match="does not belong to the certificate"):
+        node_tls(cert_a, key_b)
+    with pytest.raises(ConfigError, match="has no CA"):
+        add_node_certificate(tmp_path, "hospital-a")
 
 
 # --- PEM files and the server's TLS material ------------------------------------------------
@@ -428,6 +549,29 @@ def test_cli_node_prints_the_snippet_but_not_the_token(certs, capsys):
     assert f'ca_cert = "{(certs / "ca.pem").resolve()}"' in lines
     assert f'token_file = "{token_path}"' in lines
     assert describe_certs(certs)["ca"]["sha256"] in out  # to check ca.pem out of band
+
+
+def test_cli_node_cert_and_csr(certs, tmp_path, capsys):
+    assert run(["certs", "node", "hospital-a", "--cert", "--dir", str(certs)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert f'cert_file = "{(certs / "nodes/hospital-a.pem").resolve()}"' in lines
+    assert f'key_file = "{(certs / "nodes/hospital-a.key").resolve()}"' in lines
+    assert not any(line.startswith("token_file") for line in lines)
+    assert 'node_auth="certificate"' in out
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "b.csr").write_bytes(csr_for(key))
+    argv = ["certs", "node", "hospital-b", "--csr", str(tmp_path / "b.csr"), "--days", "9"]
+    assert run([*argv, "--dir", str(certs)]) == 0
+    out = capsys.readouterr().out
+    assert "its key never left the hospital" in out and 'key_file = "hospital-b.key"' in out
+    assert sorted(load_certificate_pins(certs)) == ["hospital-a", "hospital-b"]
+    assert run(["certs", "list", "--dir", str(certs), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert {name: entry["credential"] for name, entry in listing.items()} == {
+        "hospital-a": "certificate",
+        "hospital-b": "certificate",
+    }
 
 
 def test_cli_list_show_and_remove(certs, capsys):

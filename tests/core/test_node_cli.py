@@ -143,8 +143,11 @@ def replace(old: str, new: str) -> str:
         (NODE + "[limits]\nallowed_plugins = 'torch'\n", "allowed_plugins must be a list"),
         (NODE + "[limits]\nallowed_plugins = ['']\n", "allowed_plugins must be a list of plugin"),
         (NODE + "[limits]\nmax_epoch = 3\n", r"unknown key\(s\) limits.max_epoch"),
-        (replace('token = "secret-token"', ""), "exactly one of token_file .* got neither"),
-        (NODE + 'token_file = "t.token"\n', "exactly one of token_file .* got both"),
+        (replace('token = "secret-token"', ""), "credential.*token_file.*cert_file and key_file"),
+        (NODE + 'cert_file = "n.pem"\n', "researcher.cert_file needs researcher.key_file"),
+        (NODE + 'key_file = "n.key"\n', "researcher.key_file needs researcher.cert_file"),
+        (NODE + 'cert_file = "n.pem"\nkey_file = "n.key"\n', "a client certificate needs TLS"),
+        (NODE + 'token_file = "t.token"\n', "has both token_file and token"),
         (replace('"secret-token"', '"  "'), "researcher.token is empty"),
         (NODE + "[[node]]\n", "not valid TOML"),
     ],
@@ -172,6 +175,41 @@ def test_token_file_problems(tmp_path):
     assert node_database(path) == tmp_path / "hospital-1.db"
     (tmp_path / "t.token").write_text("abc\n")
     assert load_node_config(path).token == "abc"
+
+
+def test_a_node_known_by_its_client_certificate_needs_no_token(tmp_path):
+    text = replace("insecure = true", 'ca_cert = "ca.pem"').replace('token = "secret-token"', "")
+    text += 'cert_file = "tls/h1.pem"\nkey_file = "tls/h1.key"\n'
+    path = write_config(tmp_path, text)
+    (tmp_path / "ca.pem").write_text("pem")
+    with pytest.raises(ConfigError, match=r"researcher.cert_file '.*h1\.pem' does not exist"):
+        load_node_config(path)
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "h1.pem").write_text("pem")
+    with pytest.raises(ConfigError, match=r"researcher.key_file '.*h1\.key' does not exist"):
+        load_node_config(path)
+    (tmp_path / "tls" / "h1.key").write_text("key")
+    config = load_node_config(path)
+    assert config.token == ""
+    assert (config.cert_file, config.key_file) == (tmp_path / "tls/h1.pem", tmp_path / "tls/h1.key")
+
+
+def test_a_written_config_with_a_client_certificate(tmp_path):
+    for name in ("ca.pem", "h1.pem", "h1.key"):
+        (tmp_path / name).write_text("pem")
+    path = write_node_config(
+        tmp_path / "node.toml",
+        name="h1",
+        address="researcher.example.org:443",
+        ca_cert=tmp_path / "ca.pem",
+        cert_file=tmp_path / "h1.pem",
+        key_file=tmp_path / "h1.key",
+    )
+    raw = tomllib.loads(path.read_text())["researcher"]
+    assert (raw["cert_file"], raw["key_file"]) == ("h1.pem", "h1.key")
+    assert "token_file" not in raw  # written commented out
+    config = load_node_config(path)
+    assert (config.token, config.cert_file) == ("", tmp_path / "h1.pem")
 
 
 def test_a_missing_ca_certificate_is_reported(tmp_path):
@@ -314,6 +352,14 @@ def test_init_writes_a_config_that_loads(node_dir, capsys):
     assert f"wrote {node_dir / 'h2.toml'}" in capsys.readouterr().out
     (node_dir / "x.token").write_text("t2")
     assert load_node_config(node_dir / "h2.toml").ca_cert == node_dir / "node.toml"
+    argv = ["--name", "h3", "--researcher", "10.0.0.1:7", "--ca-cert", "node.toml"]
+    argv += ["--cert-file", "h3.pem", "--key-file", "h3.key"]
+    assert fedplug("node", "init", "--config", "h3.toml", *argv) == 0
+    (node_dir / "h3.pem").write_text("pem")
+    (node_dir / "h3.key").write_text("key")
+    config = load_node_config(node_dir / "h3.toml")
+    assert (config.token, config.cert_file) == ("", node_dir / "h3.pem")
+    assert config.key_file == node_dir / "h3.key"
 
 
 def test_dataset_add_list_remove(node_dir, capsys):

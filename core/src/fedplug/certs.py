@@ -5,8 +5,12 @@ A *certs directory*, kept by the researcher::
     DIR/ca.pem, ca.key            the CA (ECDSA P-256, CA=True, pathlen=0, keyCertSign)
     DIR/server.pem, server.key    the researcher's server certificate, signed by the CA; SANs: the
                                   host names and IP addresses the nodes connect to; serverAuth
-    DIR/credentials.json          {"fedplug_credentials": 1, "nodes": {NAME: {"sha256", "created"}}}
+    DIR/credentials.json          {"fedplug_credentials": 1, "nodes": {NAME: {...}}}: per node
+                                  the SHA-256 of its token ("sha256") or of its client
+                                  certificate ("cert_sha256"), and when it was "created"
     DIR/nodes/NAME.token          one node's secret token, to hand to that hospital
+    DIR/nodes/NAME.pem, NAME.key  or one node's client certificate (clientAuth, CN = NAME) and
+                                  key; no key when the hospital sent a signing request instead
 
 Keys and tokens are written with mode 0600, every file atomically (temporary file + rename).
 
@@ -14,7 +18,12 @@ Trust model: the researcher runs the gRPC server; hospital nodes connect out to 
 trusts only the ``ca.pem`` it was given out of band (no trust on first use) and checks that the
 server certificate names the host it dials. The researcher knows a node by its token, sent as gRPC
 metadata inside the TLS channel, and stores only the SHA-256 digest of each token, so
-``credentials.json`` reveals no token. ``cryptography`` is imported only when a function needs it.
+``credentials.json`` reveals no token. Or, with ``node_auth="certificate"`` on the researcher's
+transport (mutual TLS), by a client certificate signed by the same CA *and* pinned by its SHA-256
+fingerprint in ``credentials.json``: removing the node revokes its certificate without a CRL.
+A hospital that keeps its private key at home sends a certificate signing request instead
+(``fedplug certs node NAME --csr FILE``). ``cryptography`` is imported only when a function
+needs it.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ CREDENTIALS = "credentials.json"
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DNS_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_-]+)*\.?")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_KINDS = ("sha256", "cert_sha256")  # a node's token digest, its certificate's fingerprint
 
 
 def _require_cryptography() -> None:
@@ -217,20 +227,10 @@ def server_certificate(
     :returns: the directory.
     """
     _require_cryptography()
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
     root, sans, days = Path(directory), _hosts(hosts), _days(days)
     if (root / "server.pem").exists() and not force:
         raise ConfigError(f"{root / 'server.pem'} exists; pass force=True to replace it")
-    if not (root / "ca.key").exists():
-        raise ConfigError(f"{root} has no CA (ca.key); create one: fedplug certs init --dir {root}")
-    try:
-        ca_cert = x509.load_pem_x509_certificate(read_pem(root / "ca.pem"))
-        ca_key = serialization.load_pem_private_key(read_pem(root / "ca.key"), password=None)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"could not load the CA in {root}: {exc}") from None
-    _issue_server(root, (ca_cert, ca_key), sans, days)
+    _issue_server(root, _load_ca(root), sans, days)
     return root
 
 
@@ -262,11 +262,13 @@ def _read_credentials(path: Path) -> dict[str, dict[str, str]]:
             '{"fedplug_credentials": 1, "nodes": {...}}); recreate it with fedplug certs node'
         )
     for name, entry in nodes.items():
-        digest = entry.get("sha256") if isinstance(entry, dict) else None
-        if not _NODE_NAME.fullmatch(name) or not _SHA256_HEX.fullmatch(str(digest)):
+        digests = [entry.get(k) for k in _KINDS] if isinstance(entry, dict) else [None, None]
+        valid = [d is None or _SHA256_HEX.fullmatch(str(d)) for d in digests]
+        if not _NODE_NAME.fullmatch(name) or digests == [None, None] or not all(valid):
             raise ConfigError(
                 f"{path}: the entry for node {name!r} is malformed (expected a valid name and a "
-                "64-digit lowercase hex sha256); remove it and run: fedplug certs node NAME --force"
+                "64-digit lowercase hex sha256 or cert_sha256); remove it and run: "
+                "fedplug certs node NAME --force"
             )
     return nodes
 
@@ -276,32 +278,148 @@ def _write_credentials(path: Path, nodes: dict[str, dict[str, str]]) -> None:
     _write(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
 
 
+def _node_entries(root: Path, name: str, force: bool) -> dict[str, dict[str, str]]:
+    """The credentials table, checked that ``name`` may be (re)given a credential."""
+    path = root / CREDENTIALS
+    nodes = _read_credentials(path) if path.exists() else {}
+    if name in nodes and not force:
+        kind = "a certificate" if "cert_sha256" in nodes[name] else "a token"
+        raise ConfigError(
+            f"node {name!r} already has {kind} in {path}; pass --force (force=True) to replace "
+            "its credential, after which the old one is refused"
+        )
+    _mkdir(root / "nodes")
+    for suffix in (".token", ".pem", ".key"):  # what the old credential left behind
+        (root / "nodes" / f"{name}{suffix}").unlink(missing_ok=True)
+    return nodes
+
+
+def _created() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 def add_node(directory: str | os.PathLike[str], name: str, force: bool = False) -> tuple[str, Path]:
     """Create a secret token for node ``name``: write it to ``DIR/nodes/NAME.token`` and its
-    digest to ``DIR/credentials.json``. ``force`` replaces the token of an existing node.
+    digest to ``DIR/credentials.json``. ``force`` replaces the credential of an existing node.
 
     :returns: the token and the token file.
     """
     root, name = Path(directory), _check_name(name)
-    path = root / CREDENTIALS
-    nodes = _read_credentials(path) if path.exists() else {}
-    if name in nodes and not force:
-        raise ConfigError(
-            f"node {name!r} already has a token in {path}; pass --force (force=True) to replace "
-            "it, after which the old token is refused"
-        )
+    nodes = _node_entries(root, name, force)
     token = secrets.token_urlsafe(32)
-    _mkdir(root / "nodes")
     token_path = root / "nodes" / f"{name}.token"
     _write(token_path, token.encode("ascii"), secret=True)
-    created = datetime.now(UTC).isoformat(timespec="seconds")
-    nodes[name] = {"sha256": token_digest(token), "created": created}
-    _write_credentials(path, nodes)
+    nodes[name] = {"sha256": token_digest(token), "created": _created()}
+    _write_credentials(root / CREDENTIALS, nodes)
     return token, token_path
 
 
+def _load_ca(root: Path) -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    if not (root / "ca.key").exists():
+        raise ConfigError(f"{root} has no CA (ca.key); create one: fedplug certs init --dir {root}")
+    try:
+        ca_cert = x509.load_pem_x509_certificate(read_pem(root / "ca.pem"))
+        ca_key = serialization.load_pem_private_key(read_pem(root / "ca.key"), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"could not load the CA in {root}: {exc}") from None
+    return ca_cert, ca_key
+
+
+def _public_key_from_csr(csr_path: str | os.PathLike[str], name: str) -> Any:
+    """The public key of a certificate signing request, checked: signature, key type."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    try:
+        csr = x509.load_pem_x509_csr(read_pem(csr_path))
+    except ValueError as exc:
+        raise ConfigError(f"{csr_path} holds no valid certificate signing request: {exc}") from None
+    if not csr.is_signature_valid:
+        raise ConfigError(
+            f"the signature of {csr_path} does not verify: the request was altered, or not signed "
+            "with the key it carries"
+        )
+    key = csr.public_key()
+    if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)) or (
+        isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048
+    ):
+        raise ConfigError(
+            f"{csr_path}: the key must be an EC key or an RSA key of at least 2048 bits; make one "
+            f"with: openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+            f"-keyout {name}.key -out {name}.csr -subj /CN={name}"
+        )
+    return key
+
+
+def add_node_certificate(
+    directory: str | os.PathLike[str],
+    name: str,
+    force: bool = False,
+    *,
+    csr: str | os.PathLike[str] | None = None,
+    days: int = DEFAULT_DAYS,
+) -> tuple[Path, Path | None]:
+    """Issue node ``name`` a client certificate (CN = NAME, clientAuth) with the directory's CA,
+    write it to ``DIR/nodes/NAME.pem`` and pin its SHA-256 fingerprint in ``credentials.json``,
+    for a researcher with ``node_auth="certificate"``. The key is made here and written to
+    ``DIR/nodes/NAME.key``, unless ``csr`` (a PEM certificate signing request the hospital made
+    with its own key) gives the public key: then no private key exists outside the hospital, and
+    the request's subject is ignored (the certificate names ``name``). ``force`` replaces the
+    credential of an existing node (token or certificate).
+
+    :returns: the certificate file, and the key file or None.
+    """
+    _require_cryptography()
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    root, name, days = Path(directory), _check_name(name), _days(days)
+    ca_cert, ca_key = _load_ca(root)
+    public = _public_key_from_csr(csr, name) if csr is not None else None
+    nodes = _node_entries(root, name, force)
+    key = None
+    if public is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        public = key.public_key()
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(min(now + timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(_usage(digital_signature=True), True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_path = None
+    if key is not None:
+        key_path = root / "nodes" / f"{name}.key"
+        pem = key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption())
+        _write(key_path, pem, secret=True)
+    cert_path = root / "nodes" / f"{name}.pem"
+    _write(cert_path, cert.public_bytes(s.Encoding.PEM))
+    nodes[name] = {"cert_sha256": cert.fingerprint(hashes.SHA256()).hex(), "created": _created()}
+    _write_credentials(root / CREDENTIALS, nodes)
+    return cert_path, key_path
+
+
 def remove_node(directory: str | os.PathLike[str], name: str) -> None:
-    """Forget node ``name``: its token is refused from now on, and its token file is removed."""
+    """Forget node ``name``: its token or certificate is refused from now on, and the files the
+    directory kept for it are removed."""
     root = Path(directory)
     nodes = _read_credentials(root / CREDENTIALS)
     if name not in nodes:
@@ -309,13 +427,48 @@ def remove_node(directory: str | os.PathLike[str], name: str) -> None:
         raise ConfigError(f"no node named {name!r} in {root / CREDENTIALS}; known nodes: {known}")
     del nodes[name]
     _write_credentials(root / CREDENTIALS, nodes)
-    (root / "nodes" / f"{name}.token").unlink(missing_ok=True)
+    for suffix in (".token", ".pem", ".key"):
+        (root / "nodes" / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def _credentials_path(path: str | os.PathLike[str]) -> Path:
+    return Path(path) / CREDENTIALS if Path(path).is_dir() else Path(path)
 
 
 def load_credentials(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Node name -> SHA-256 hex digest of its token, from a certs directory or credentials file."""
-    path = Path(path) / CREDENTIALS if Path(path).is_dir() else Path(path)
-    return {name: entry["sha256"] for name, entry in _read_credentials(path).items()}
+    """Node name -> SHA-256 hex digest of its token, from a certs directory or credentials file
+    (nodes that have a certificate instead are left out)."""
+    entries = _read_credentials(_credentials_path(path))
+    return {name: entry["sha256"] for name, entry in entries.items() if "sha256" in entry}
+
+
+def load_certificate_pins(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Node name -> SHA-256 fingerprint (hex) of its client certificate, from a certs directory
+    or credentials file (nodes that have a token instead are left out)."""
+    entries = _read_credentials(_credentials_path(path))
+    return {name: e["cert_sha256"] for name, e in entries.items() if "cert_sha256" in e}
+
+
+def certificate_fingerprint(pem: bytes) -> str:
+    """The SHA-256 fingerprint (lowercase hex) of the first certificate in ``pem``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+
+
+def check_certificate(pins: dict[str, str], pem: bytes) -> str | None:
+    """The node whose pinned fingerprint is that of the certificate ``pem`` (as the TLS layer
+    verified it), or None; in constant time over the entries, as :func:`check_token`."""
+    try:
+        fingerprint = certificate_fingerprint(pem).encode("ascii")
+    except ValueError:
+        return None
+    found = None
+    for name, expected in pins.items():
+        if hmac.compare_digest(fingerprint, expected.encode("utf-8")) and found is None:
+            found = name
+    return found
 
 
 def token_digest(token: str) -> str:
@@ -372,6 +525,20 @@ def server_tls(
                 f"no server certificate in {directory_or_none}; create one with: "
                 f"fedplug certs init --dir {directory_or_none}"
             )
+    renew = "issue a new one with: fedplug certs server --dir DIR --host HOST"
+    return _certificate_and_key(cert, key, "server", renew)
+
+
+def node_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """A node's client (certificate chain PEM, key PEM), checked that they match and that the
+    certificate has not expired."""
+    renew = "the researcher's operator issues a new one with: fedplug certs node NAME --force"
+    return _certificate_and_key(cert, key, "node", renew)
+
+
+def _certificate_and_key(
+    cert: str | os.PathLike[str], key: str | os.PathLike[str], role: str, renew: str
+) -> tuple[bytes, bytes]:
     _require_cryptography()
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization as s
@@ -397,8 +564,7 @@ def server_tls(
         )
     if leaf.not_valid_after_utc < datetime.now(UTC):
         raise ConfigError(
-            f"the server certificate {cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d}; "
-            "issue a new one with: fedplug certs server --dir DIR --host HOST"
+            f"the {role} certificate {cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d}; {renew}"
         )
     return cert_pem, key_pem
 
@@ -460,13 +626,15 @@ def add_certs_commands(subparsers: Any) -> argparse.ArgumentParser:
     actions = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
     init = actions.add_parser("init", help="create a CA and the server certificate")
     server = actions.add_parser("server", help="issue a new server certificate with the CA")
-    node = actions.add_parser("node", help="create (or with --force replace) a node's token")
-    remove = actions.add_parser("remove", help="revoke a node's token")
+    node = actions.add_parser(
+        "node", help="create (or with --force replace) a node's token or client certificate"
+    )
+    remove = actions.add_parser("remove", help="revoke a node's token or certificate")
     listing = actions.add_parser("list", help="list the nodes with credentials")
     show = actions.add_parser("show", help="show the certificates and nodes")
     for action in (init, server, node, remove, listing, show):
         action.add_argument("--dir", default=DEFAULT_DIR, help=f"default: {DEFAULT_DIR}")
-    for action in (init, server):
+    for action in (init, server, node):
         action.add_argument(
             "--days",
             type=_positive,
@@ -484,7 +652,20 @@ def add_certs_commands(subparsers: Any) -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     for action in (node, remove):
         action.add_argument("name", help="node name, e.g. hospital-a")
-    node.add_argument("--force", action="store_true", help="replace an existing token")
+    node.add_argument("--force", action="store_true", help="replace an existing credential")
+    kind = node.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--cert",
+        action="store_true",
+        help="a client certificate and key instead of a token (researcher: node_auth="
+        '"certificate")',
+    )
+    kind.add_argument(
+        "--csr",
+        metavar="FILE",
+        help="sign this certificate signing request from the hospital: a client certificate "
+        "whose key never leaves the hospital",
+    )
     for action in (listing, show):
         action.add_argument("--json", action="store_true", help="print JSON")
     return certs
@@ -498,6 +679,41 @@ def _print_cert(label: str, info: dict[str, Any] | None) -> None:
     print(f"  valid until {info['not_valid_after']}, SHA-256 {info['sha256']}")
     if info["sans"]:
         print(f"  hosts: {', '.join(info['sans'])}")
+
+
+def _print_node(root: Path, args: argparse.Namespace) -> None:
+    """``fedplug certs node``: make the credential, say what to hand over and the node.toml."""
+    snippet = {"ca_cert": root / "ca.pem"}
+    if args.cert or args.csr:
+        cert_path, key_path = add_node_certificate(
+            root, args.name, force=args.force, csr=args.csr, days=args.days
+        )
+        print(f"client certificate for node {args.name!r} written to {cert_path.resolve()}")
+        if key_path is None:
+            print("hand it and ca.pem to the hospital; its key never left the hospital")
+            snippet |= {"cert_file": cert_path, "key_file": Path(f"{args.name}.key")}
+        else:
+            print(
+                f"its key is in {key_path.resolve()}: hand both and ca.pem to the hospital over "
+                "a trusted channel, then delete the key here"
+            )
+            snippet |= {"cert_file": cert_path, "key_file": key_path}
+        print('the researcher must serve with node_auth="certificate"')
+    else:
+        _, token_path = add_node(root, args.name, force=args.force)
+        print(f"token for node {args.name!r} written to {token_path.resolve()}")
+        print(
+            "hand it and ca.pem to the hospital over a trusted channel, then delete this "
+            "copy: the researcher keeps only its digest"
+        )
+        snippet["token_file"] = token_path
+    if (root / "ca.pem").exists():
+        fingerprint = describe_certs(root)["ca"]["sha256"]
+        print(f"the hospital can check ca.pem by its SHA-256 fingerprint: {fingerprint}")
+    print("\nin the node's node.toml (adjust the paths to where the hospital keeps them):")
+    print("[researcher]")
+    for key, path in snippet.items():
+        print(f"{key} = {json.dumps(str(path.resolve() if path.exists() else path))}")
 
 
 def run_certs_command(args: argparse.Namespace) -> int:
@@ -520,30 +736,24 @@ def run_certs_command(args: argparse.Namespace) -> int:
                     "nodes keep their ca.pem; restart a running server to use the new certificate"
                 )
         elif args.certs_command == "node":
-            _, token_path = add_node(root, args.name, force=args.force)
-            print(f"token for node {args.name!r} written to {token_path.resolve()}")
-            print(
-                "hand it and ca.pem to the hospital over a trusted channel, then delete this "
-                "copy: the researcher keeps only its digest"
-            )
-            if (root / "ca.pem").exists():
-                fingerprint = describe_certs(root)["ca"]["sha256"]
-                print(f"the hospital can check ca.pem by its SHA-256 fingerprint: {fingerprint}")
-            print("\nin the node's node.toml (adjust the paths to where the hospital keeps them):")
-            print("[researcher]")
-            print(f"ca_cert = {json.dumps(str((root / 'ca.pem').resolve()))}")
-            print(f"token_file = {json.dumps(str(token_path.resolve()))}")
+            _print_node(root, args)
         elif args.certs_command == "remove":
             remove_node(root, args.name)
             print(f"removed node {args.name!r}; restart a running server to refuse its token")
         elif args.certs_command == "list":
             nodes = _read_credentials(root / CREDENTIALS)
-            listing = {name: entry.get("created") for name, entry in nodes.items()}
+            listing = {
+                name: {
+                    "credential": "certificate" if "cert_sha256" in entry else "token",
+                    "created": entry.get("created"),
+                }
+                for name, entry in nodes.items()
+            }
             if args.json:
                 print(json.dumps(listing, indent=2))
             else:
-                for name, created in listing.items():
-                    print(f"{name:32} created {created}")
+                for name, entry in listing.items():
+                    print(f"{name:32} {entry['credential']:12} created {entry['created']}")
                 if not listing:
                     print(f"no nodes; add one with: fedplug certs node NAME --dir {root}")
         else:

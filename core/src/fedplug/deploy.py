@@ -129,9 +129,10 @@ class Deployment:
                 proc.wait()
 
 
-def make_certs(workdir: str | Path, names: list[str]) -> Path:
+def make_certs(workdir: str | Path, names: list[str], node_auth: str = "token") -> Path:
     """``workdir/certs``, made anew: a CA, the researcher's certificate for localhost and
-    127.0.0.1, and a credential per node name (``fedplug certs init`` / ``certs node``)."""
+    127.0.0.1, and a credential per node name (``fedplug certs init`` / ``certs node``): a
+    token, or with ``node_auth="certificate"`` a client certificate and key."""
     from fedplug import certs
 
     certs_dir = Path(workdir).absolute() / "certs"
@@ -139,7 +140,10 @@ def make_certs(workdir: str | Path, names: list[str]) -> Path:
         shutil.rmtree(certs_dir)
     certs.init_certs(certs_dir, hosts=("localhost", "127.0.0.1"))
     for name in names:
-        certs.add_node(certs_dir, name)
+        if node_auth == "certificate":
+            certs.add_node_certificate(certs_dir, name)
+        else:
+            certs.add_node(certs_dir, name)
     return certs_dir
 
 
@@ -148,8 +152,9 @@ def prepare_nodes(
 ) -> Deployment:
     """Write each node's folder under ``workdir`` (replacing what is there): its SQLite registry
     with its datasets and its ``node.toml`` pointing at the researcher's ``address``
-    (``host:port``), with the CA and its token from ``certs_dir`` (:func:`make_certs`), or in
-    plaintext when None (loopback only). Starts nothing: see :meth:`Deployment.start`."""
+    (``host:port``), with the CA and its token or client certificate from ``certs_dir``
+    (:func:`make_certs`), or in plaintext when None (loopback only). Starts nothing: see
+    :meth:`Deployment.start`."""
     from fedplug.nodestore import NodeStore
 
     workdir = Path(workdir).absolute()
@@ -165,7 +170,11 @@ def prepare_nodes(
         researcher: dict[str, Any] = {"address": address}
         if certs_dir is not None:
             researcher["ca_cert"] = str(certs_dir / "ca.pem")
-            researcher["token_file"] = str(certs_dir / "nodes" / f"{spec.name}.token")
+            stem = str(certs_dir / "nodes" / spec.name)  # names may hold dots
+            if Path(f"{stem}.pem").exists():
+                researcher |= {"cert_file": f"{stem}.pem", "key_file": f"{stem}.key"}
+            else:
+                researcher["token_file"] = f"{stem}.token"
         else:
             researcher |= {"insecure": True, "token": "-"}
         config = home / "node.toml"
@@ -196,8 +205,12 @@ def local_deployment(
     """Set up ``nodes`` under ``workdir`` (:func:`prepare_nodes`), start the researcher's server
     on a free loopback port and one process per node, and wait until every node with a dataset
     tagged ``wait_tags`` is connected (every node when None). Stops the processes and the server
-    on exit, also on Ctrl-C or SIGTERM."""
-    certs_dir = make_certs(workdir, [spec.name for spec in nodes]) if tls else None
+    on exit, also on Ctrl-C or SIGTERM. ``transport_options`` go to :class:`GrpcTransport`;
+    with ``node_auth="certificate"`` each node gets a client certificate instead of a token."""
+    certs_dir = None
+    if tls:
+        node_auth = transport_options.get("node_auth", "token")
+        certs_dir = make_certs(workdir, [spec.name for spec in nodes], node_auth)
     transport = GrpcTransport("127.0.0.1:0", tls=certs_dir, **transport_options)
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main else None

@@ -102,6 +102,9 @@ class Experiment:
         plaintext on loopback only.
     :param credentials: with ``transport="grpc"``: node tokens' digests (a dict, a certs directory
         or a ``credentials.json``), when they are not in the ``tls`` directory.
+    :param node_auth: with ``transport="grpc"``: ``"token"`` (default) or ``"certificate"``:
+        nodes present client certificates signed by ``client_ca`` (default: the ``tls``
+        directory's ``ca.pem``) and pinned in the credentials (mutual TLS).
     :param wait_nodes: with ``transport="grpc"``: how many nodes with ``tags`` to wait for
         (default ``min_nodes``), or their names.
     :param wait_timeout: seconds to wait for them before a :class:`ConfigError` that lists the
@@ -143,6 +146,8 @@ class Experiment:
         server: str = "0.0.0.0:50051",
         tls: str | Path | tuple[str | Path, str | Path] | None = None,
         credentials: dict[str, str] | str | Path | None = None,
+        node_auth: str = "token",
+        client_ca: str | Path | None = None,
         wait_nodes: int | list[str] | None = None,
         wait_timeout: float = 120.0,
         request_timeout: float | None = None,
@@ -191,6 +196,8 @@ class Experiment:
                 "server": server,
                 "tls": [str(p) for p in tls] if isinstance(tls, tuple) else tls and str(tls),
                 "credentials": str(credentials) if isinstance(credentials, (str, Path)) else None,
+                "node_auth": node_auth,
+                "client_ca": None if client_ca is None else str(client_ca),
                 "wait_nodes": wait_nodes,
                 "wait_timeout": wait_timeout,
                 "request_timeout": request_timeout,
@@ -200,8 +207,9 @@ class Experiment:
                     "with transport='grpc', nodes connect to the server: give wait_nodes (a count "
                     "or node names) instead of nodes"
                 )
+            auth = {"credentials": credentials, "node_auth": node_auth, "client_ca": client_ca}
             nodes = self._grpc_transport(
-                server, tls, credentials, wait_nodes, wait_timeout, request_timeout
+                server, tls, auth, wait_nodes, wait_timeout, request_timeout
             )
         elif transport != "local":
             if nodes is not None:
@@ -222,16 +230,14 @@ class Experiment:
         self,
         server: str,
         tls: Any,
-        credentials: Any,
+        auth: dict[str, Any],
         wait_nodes: int | list[str] | None,
         wait_timeout: float,
         request_timeout: float | None,
     ) -> Any:
         from fedplug.transport.grpc import GrpcTransport
 
-        transport = GrpcTransport(
-            server, tls=tls, credentials=credentials, request_timeout=request_timeout
-        )
+        transport = GrpcTransport(server, tls=tls, request_timeout=request_timeout, **auth)
         try:
             if isinstance(wait_nodes, (list, tuple)):
                 transport.wait_for_nodes(self.tags, names=wait_nodes, timeout=wait_timeout)

@@ -154,6 +154,10 @@ def add_node_commands(subparsers: Any) -> argparse.ArgumentParser:
     init.add_argument(
         "--token-file", metavar="PATH", help="the node's token (default: NAME.token by the config)"
     )
+    init.add_argument(
+        "--cert-file", metavar="PATH", help="the node's client certificate (mutual TLS)"
+    )
+    init.add_argument("--key-file", metavar="PATH", help="the client certificate's key")
     init.add_argument("--database", metavar="PATH", help="SQLite database (default: NAME.db)")
     init.add_argument(
         "--insecure", action="store_true", help="plaintext gRPC (loopback researcher only)"
@@ -253,6 +257,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
         token_file=args.token_file,
         insecure=args.insecure,
         database=args.database,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
     )
     print(f"wrote {path}")
     print(

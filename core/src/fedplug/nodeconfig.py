@@ -10,7 +10,9 @@
     [researcher]
     address = "localhost:50051"    # required, host:port
     ca_cert = "certs/ca.pem"       # required unless insecure = true
-    token_file = "certs/nodes/hospital-1.token"   # or token = "..." (exactly one)
+    token_file = "certs/nodes/hospital-1.token"   # or token = "..." (at most one of them)
+    cert_file = "hospital-1.pem"   # and/or a client certificate and its key (mutual TLS), for
+    key_file = "hospital-1.key"    #   a researcher with node_auth = "certificate"
     insecure = false               # plaintext gRPC, loopback addresses only
     heartbeat_s = 5.0
     reconnect_s = 2.0              # first retry delay; backs off up to max_reconnect_s
@@ -55,6 +57,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str, Any]]] = {
         "ca_cert": (str, "a string (a path)", None),
         "token_file": (str, "a string (a path)", None),
         "token": (str, "a string", None),
+        "cert_file": (str, "a string (a path)", None),
+        "key_file": (str, "a string (a path)", None),
         "insecure": (bool, "a boolean", False),
         "heartbeat_s": ((int, float), "a number", 5.0),
         "reconnect_s": ((int, float), "a number", 2.0),
@@ -91,7 +95,9 @@ class NodeConfig:
     require_secagg: bool
     address: str
     ca_cert: Path | None
-    token: str = field(repr=False)
+    token: str = field(repr=False)  # "" when the node has only a client certificate
+    cert_file: Path | None
+    key_file: Path | None
     insecure: bool
     heartbeat_s: float
     reconnect_s: float
@@ -123,6 +129,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
         address=researcher["address"],
         ca_cert=ca_cert,
         token=_token(path, researcher),
+        cert_file=_existing(path, researcher, "cert_file", "its client certificate (PEM)"),
+        key_file=_existing(path, researcher, "key_file", "the key of its client certificate"),
         insecure=insecure,
         heartbeat_s=float(researcher["heartbeat_s"]),
         reconnect_s=float(researcher["reconnect_s"]),
@@ -150,13 +158,29 @@ def _database(path: Path, node: dict[str, Any]) -> Path:
     return path.parent / (node["database"] or f"{node['name']}.db")
 
 
+def _existing(path: Path, researcher: dict[str, Any], key: str, what: str) -> Path | None:
+    if researcher[key] is None:
+        return None
+    file = path.parent / researcher[key]
+    if not file.is_file():
+        raise ConfigError(
+            f"{path}: researcher.{key} {str(file)!r} does not exist; give {what}, which the "
+            "researcher's operator issued (fedplug certs node NAME --cert or --csr)"
+        )
+    return file
+
+
 def _token(path: Path, researcher: dict[str, Any]) -> str:
     token_file, token = researcher["token_file"], researcher["token"]
-    if (token_file is None) == (token is None):
+    if token_file is not None and token is not None:
+        raise ConfigError(f"{path}: [researcher] has both token_file and token; keep one of them")
+    if token_file is None and token is None:
+        if researcher["cert_file"] is not None:
+            return ""  # the node is known by its client certificate
         raise ConfigError(
-            f"{path}: [researcher] needs exactly one of token_file (a path) and token (a string), "
-            f"got {'both' if token is not None else 'neither'}; the researcher issues this node's "
-            "token"
+            f"{path}: [researcher] needs the node's credential, which the researcher issues: "
+            "token_file (a path) or token (a string), or cert_file and key_file (a client "
+            "certificate)"
         )
     if token is not None:
         if not token.strip():
@@ -269,6 +293,17 @@ def _check(path: Path, values: dict[str, dict[str, Any]]) -> None:
             f"{path}: researcher.ca_cert is required (a string, the path of the researcher's CA "
             "certificate) unless researcher.insecure = true (loopback addresses only)"
         )
+    if (researcher["cert_file"] is None) != (researcher["key_file"] is None):
+        given, missing = ("cert_file", "key_file")[:: 1 if researcher["key_file"] is None else -1]
+        raise ConfigError(
+            f"{path}: researcher.{given} needs researcher.{missing}: a client certificate is "
+            "given with its key"
+        )
+    if researcher["cert_file"] is not None and researcher["insecure"]:
+        raise ConfigError(
+            f"{path}: a client certificate needs TLS; researcher.insecure = true turns it off: "
+            "remove one of them"
+        )
     for key in ("heartbeat_s", "reconnect_s", "max_reconnect_s"):
         if not (math.isfinite(researcher[key]) and researcher[key] > 0):
             raise ConfigError(
@@ -330,13 +365,17 @@ def write_node_config(
     token_file: str | Path | None = None,
     insecure: bool = False,
     database: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
 ) -> Path:
     """Write a commented node config file at ``path`` (never over an existing file).
 
     Relative paths given here are taken relative to the current directory (as on the command
     line) and written relative to the config file's folder when they lie under it.
 
-    :param token_file: default ``<name>.token`` next to the config file.
+    :param token_file: default ``<name>.token`` next to the config file, unless a client
+        certificate is given.
+    :param cert_file: the node's client certificate, with ``key_file`` its key.
     :return: the config file's absolute path.
     """
     path = Path(path).absolute()
@@ -359,7 +398,9 @@ def write_node_config(
     researcher = {
         "address": address,
         "ca_cert": where(ca_cert),
-        "token_file": where(token_file) or f"{name}.token",
+        "token_file": where(token_file) or (None if cert_file else f"{name}.token"),
+        "cert_file": where(cert_file),
+        "key_file": where(key_file),
         "insecure": insecure,
     }
     defaults = {
@@ -383,7 +424,15 @@ def write_node_config(
         f"ca_cert = {q(researcher['ca_cert'])}    # the researcher's CA certificate"
         if ca_cert
         else '# ca_cert = "ca.pem"    # the researcher\'s CA certificate (unless insecure)',
-        f"token_file = {q(researcher['token_file'])}    # the token the researcher issued",
+        f"token_file = {q(researcher['token_file'])}    # the token the researcher issued"
+        if researcher["token_file"]
+        else f"# token_file = {q(name + '.token')}    # the token the researcher issued",
+        f"cert_file = {q(researcher['cert_file'])}    # the client certificate it issued"
+        if cert_file
+        else f"# cert_file = {q(name + '.pem')}    # or a client certificate (mutual TLS)",
+        f"key_file = {q(researcher['key_file'])}    # the certificate's key"
+        if key_file
+        else f"# key_file = {q(name + '.key')}",
         f"insecure = {'true' if insecure else 'false'}    # plaintext gRPC, loopback only",
         "heartbeat_s = 5.0",
         "reconnect_s = 2.0        # first retry delay; backs off up to max_reconnect_s",

@@ -383,9 +383,16 @@ class GrpcTransport:
     :param tls: a certs directory made by ``fedplug certs init`` (``server.pem``/``server.key``;
         its ``credentials.json`` lists the nodes), or a ``(cert, key)`` pair of PEM file paths
         the operator provides. None serves plaintext, allowed on loopback addresses only.
-    :param credentials: node name -> SHA-256 of its token, or a certs directory or
-        ``credentials.json`` path; by default the ``tls`` directory's. With neither TLS nor
-        credentials (loopback only), any node may connect.
+    :param credentials: node name -> SHA-256 of its token (with ``node_auth="certificate"``:
+        of its client certificate), or a certs directory or ``credentials.json`` path; by
+        default the ``tls`` directory's. With neither TLS nor credentials (loopback only), any
+        node may connect.
+    :param node_auth: how a node proves who it is: ``"token"`` (sent inside the TLS channel)
+        or ``"certificate"`` (mutual TLS: each node presents a client certificate signed by
+        ``client_ca`` and pinned in the credentials, ``fedplug certs node NAME --cert``; a node
+        without one fails the handshake).
+    :param client_ca: the CA (PEM path) that signs node certificates; by default the ``tls``
+        directory's ``ca.pem``.
     :param heartbeat_s: how often both sides send a heartbeat; a node silent for
         ``heartbeat_timeout`` (default ``3 * heartbeat_s + 2``) is dropped.
     :param request_timeout: seconds a node may take to answer one request (None: no limit, a
@@ -402,6 +409,8 @@ class GrpcTransport:
         *,
         tls: str | Path | tuple[str | Path, str | Path] | None = None,
         credentials: dict[str, str] | str | Path | None = None,
+        node_auth: str = "token",
+        client_ca: str | Path | None = None,
         heartbeat_s: float = 5.0,
         heartbeat_timeout: float | None = None,
         request_timeout: float | None = None,
@@ -424,16 +433,18 @@ class GrpcTransport:
         self.early_reply_bytes = early_reply_bytes
         self.chunk_bytes = _check_chunk(chunk_bytes)
         _tune_malloc()
+        client_ca_pem = self._check_node_auth(node_auth, tls, client_ca)
+        load = certs.load_certificate_pins if client_ca_pem else certs.load_credentials
         if isinstance(credentials, (str, Path)):
-            credentials = certs.load_credentials(credentials)
+            credentials = load(credentials)
         elif credentials is None and isinstance(tls, (str, Path)):
-            credentials = certs.load_credentials(tls)
+            credentials = load(tls)
         if credentials is None and not is_loopback(address):
             raise ConfigError(
                 f"serving {address} without node credentials would let anyone join; give tls= "
                 "a certs directory (fedplug certs init / fedplug certs node NAME) or credentials="
             )
-        self.credentials = credentials
+        self.credentials, self.node_auth = credentials, node_auth
         self._cv = threading.Condition()
         self._conns: dict[str, _Conn] = {}
         self.refused: list[str] = []  # recent refused connection attempts, for error messages
@@ -467,7 +478,12 @@ class GrpcTransport:
                 else:
                     cert, key = certs.server_tls(tls)
                 self.port = self._server.add_secure_port(
-                    address, grpc.ssl_server_credentials([(key, cert)])
+                    address,
+                    grpc.ssl_server_credentials(
+                        [(key, cert)],
+                        root_certificates=client_ca_pem,
+                        require_client_auth=client_ca_pem is not None,
+                    ),
                 )
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {address}: {exc}") from None
@@ -485,26 +501,66 @@ class GrpcTransport:
         self._janitor = threading.Thread(target=self._watch, daemon=True, name="fedplug-janitor")
         self._janitor.start()
 
+    @staticmethod
+    def _check_node_auth(node_auth: str, tls: Any, client_ca: str | Path | None) -> bytes | None:
+        """The PEM of the CA that signs node certificates (None: nodes send tokens)."""
+        from fedplug import certs
+
+        if node_auth not in ("token", "certificate"):
+            raise ConfigError(f"node_auth must be 'token' or 'certificate', got {node_auth!r}")
+        if node_auth == "token":
+            if client_ca is not None:
+                raise ConfigError('client_ca is used only with node_auth="certificate"')
+            return None
+        if tls is None:
+            raise ConfigError(
+                'node_auth="certificate" is mutual TLS: give tls= a certs directory '
+                "(fedplug certs init) or (cert, key) files"
+            )
+        if client_ca is None:
+            if not isinstance(tls, (str, Path)):
+                raise ConfigError(
+                    'node_auth="certificate" with (cert, key) files needs client_ca=, the CA '
+                    "that signs the nodes' certificates"
+                )
+            client_ca = Path(tls) / "ca.pem"
+        return certs.read_pem(client_ca)
+
     # -- connections ----------------------------------------------------------------------------
+    def _claim(self, context: Any) -> str | None:
+        """The node the connection's credential names (None: any node may connect); aborts the
+        call when the credential is unknown."""
+        import grpc
+
+        from fedplug.certs import check_certificate, check_token
+
+        if self.credentials is None:
+            return None
+        if self.node_auth == "certificate":
+            # the TLS layer has verified the chain to client_ca; the pin makes it this node's
+            pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+            claimed = check_certificate(self.credentials, pem)
+            what = "certificate"
+            hint = "`fedplug certs node NAME --cert` (or --csr) and the node reads cert_file"
+        else:
+            token = dict(context.invocation_metadata()).get(_TOKEN_HEADER, "")
+            token = token[len("Bearer ") :] if token.startswith("Bearer ") else token
+            claimed = check_token(self.credentials, token)
+            what, hint = "credential", "`fedplug certs node NAME` and the node reads token_file"
+        if claimed is None:
+            self._refuse(f"{context.peer()}: unknown node {what}")
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"unknown node {what}; the researcher's operator issues one with {hint}",
+            )
+        return claimed
+
     def _connect(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         """One node's stream: authenticate, read HELLO, then serve its outbox."""
         import grpc
 
         peer = context.peer()
-        token = dict(context.invocation_metadata()).get(_TOKEN_HEADER, "")
-        token = token[len("Bearer ") :] if token.startswith("Bearer ") else token
-        claimed = None
-        if self.credentials is not None:
-            from fedplug.certs import check_token
-
-            claimed = check_token(self.credentials, token)
-            if claimed is None:
-                self._refuse(f"{peer}: unknown node credential")
-                context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "unknown node credential; the researcher's operator issues one with "
-                    "`fedplug certs node NAME` and the node reads it from token_file",
-                )
+        claimed = self._claim(context)
         try:
             first = next(requests)
             if frame_kind(first) != HELLO:
@@ -940,9 +996,12 @@ class NodeClient:
 
     :param node: the node that handles requests.
     :param address: the researcher's ``host:port``.
-    :param token: this node's credential.
+    :param token: this node's credential ("" for none: a node known by its certificate).
     :param ca_cert: PEM bytes of the CA that signed the researcher's certificate; None connects
         in plaintext (loopback only).
+    :param client_cert: (certificate chain PEM, key PEM) this node presents in the TLS
+        handshake, for a researcher with ``node_auth="certificate"``
+        (:func:`fedplug.certs.node_tls` reads and checks them).
     :param max_message_bytes: largest request this node accepts.
     :param keep_buffers: message buffers kept for the next round (:class:`Recycler`); 0 frees
         them after each round, at the cost of the kernel zeroing fresh ones.
@@ -955,6 +1014,7 @@ class NodeClient:
         token: str = "",
         *,
         ca_cert: bytes | None = None,
+        client_cert: tuple[bytes, bytes] | None = None,
         heartbeat_s: float = 5.0,
         reconnect_s: float = 2.0,
         max_reconnect_s: float = 30.0,
@@ -968,8 +1028,10 @@ class NodeClient:
                 f"a plaintext connection to {address} would expose models and the node's token; "
                 "give the researcher's CA certificate (ca_cert in node.toml)"
             )
+        if client_cert is not None and ca_cert is None:
+            raise ConfigError("a client certificate needs TLS: give ca_cert as well")
         self.node, self.address, self.token = node, address, token
-        self.ca_cert = ca_cert
+        self.ca_cert, self.client_cert = ca_cert, client_cert
         self.heartbeat_s = heartbeat_s
         self.reconnect_s, self.max_reconnect_s = reconnect_s, max_reconnect_s
         self.max_message_bytes = max_message_bytes
@@ -1017,7 +1079,8 @@ class NodeClient:
             options.append(("grpc.ssl_target_name_override", self.server_name))
         if self.ca_cert is None:
             return grpc.insecure_channel(self.address, options=options)
-        creds = grpc.ssl_channel_credentials(root_certificates=self.ca_cert)
+        cert, key = self.client_cert or (None, None)
+        creds = grpc.ssl_channel_credentials(self.ca_cert, private_key=key, certificate_chain=cert)
         return grpc.secure_channel(self.address, creds, options=options)
 
     def _session(self) -> str:
@@ -1041,7 +1104,7 @@ class NodeClient:
                     yield from item
 
         channel = self._channel()
-        metadata = ((_TOKEN_HEADER, f"Bearer {self.token}"),)
+        metadata = ((_TOKEN_HEADER, f"Bearer {self.token}"),) if self.token else ()
         call = channel.stream_stream(METHOD)(outgoing(), metadata=metadata)
         self._call = call
         beat = threading.Thread(
@@ -1242,7 +1305,7 @@ def serve_node(config: Any) -> int:
     """``fedplug node start``: load the node's datasets from its registry and serve the
     researcher named in ``config`` (a :class:`fedplug.nodeconfig.NodeConfig`) until SIGTERM or
     Ctrl-C. Returns the process exit code."""
-    from fedplug.certs import read_pem
+    from fedplug.certs import node_tls, read_pem
     from fedplug.node import Node
     from fedplug.nodestore import NodeStore
     from fedplug.plugins import get_plugin_manager
@@ -1277,6 +1340,9 @@ def serve_node(config: Any) -> int:
         config.address,
         config.token,
         ca_cert=None if config.insecure else read_pem(config.ca_cert),
+        client_cert=None
+        if config.cert_file is None or config.key_file is None
+        else node_tls(config.cert_file, config.key_file),
         heartbeat_s=config.heartbeat_s,
         reconnect_s=config.reconnect_s,
         max_reconnect_s=config.max_reconnect_s,
