@@ -23,18 +23,19 @@ GUIDE = ROOT / "docs" / "deployment.md"
 
 
 def _blocks(lang: str) -> list[str]:
-    blocks, current, inside = [], [], None
+    """The guide's ``lang`` code blocks, also those indented in a list item (dedented)."""
+    blocks, current, inside, indent = [], [], None, 0
     for line in GUIDE.read_text().splitlines():
-        if line.startswith("```"):
+        if line.lstrip().startswith("```"):
             if inside is None:
-                inside = line[3:].strip()
+                inside, indent = line.strip()[3:].strip(), len(line) - len(line.lstrip())
                 current = []
             else:
                 if inside == lang:
                     blocks.append("\n".join(current))
                 inside = None
         elif inside is not None:
-            current.append(line)
+            current.append(line[indent:])
     return blocks
 
 
@@ -65,12 +66,12 @@ def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def bash_blocks() -> list[list[list[str]]]:
     blocks = [_commands(block) for block in _blocks("bash")]
-    assert len(blocks) == 4, "the guide's shell blocks changed: update this test"
+    assert len(blocks) == 6, "the guide's shell blocks changed: update this test"
     return blocks
 
 
 def test_the_operator_and_hospital_commands_run_as_written(tmp_path, bash_blocks):
-    certs_block, node_block, plan_block, _demo = bash_blocks
+    certs_block, _mtls, _csr, node_block, plan_block, _demo = bash_blocks
     for argv in certs_block:
         _run(argv, tmp_path)
     listing = _run(["fedplug", "certs", "list", "--dir", "certs"], tmp_path).stdout
@@ -106,8 +107,50 @@ def test_the_operator_and_hospital_commands_run_as_written(tmp_path, bash_blocks
     assert NodeStore(config.database).plan_status(sha) == "rejected"
 
 
+def test_the_client_certificate_commands_and_config_work_as_written(tmp_path, bash_blocks):
+    certs_block, mtls_block, csr_block, *_ = bash_blocks
+    _run(certs_block[0], tmp_path)  # fedplug certs init
+    (openssl,) = csr_block  # what hospital-2 runs: its key stays with it
+    assert openssl[0] == "openssl"
+    if shutil.which("openssl"):
+        subprocess.run(openssl, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    else:  # the same request, made with cryptography
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hospital-2")])
+        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+        (tmp_path / "h2.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    for argv in mtls_block:
+        _run(argv, tmp_path)
+    nodes = tmp_path / "certs" / "nodes"
+    assert sorted(p.name for p in nodes.iterdir()) == [
+        "hospital-1.key",
+        "hospital-1.pem",
+        "hospital-2.pem",
+    ]
+    listing = _run(["fedplug", "certs", "list", "--dir", "certs"], tmp_path).stdout
+    assert listing.count("certificate") == 2
+
+    # hospital-1 receives ca.pem, its certificate and key, and writes the guide's [researcher]
+    for name in ("hospital-1.pem", "hospital-1.key"):
+        shutil.copy(nodes / name, tmp_path / name)
+    shutil.copy(tmp_path / "certs" / "ca.pem", tmp_path / "ca.pem")
+    snippet, _reference = _blocks("toml")
+    (tmp_path / "node.toml").write_text('[node]\nname = "hospital-1"\n' + snippet)
+    config = load_node_config(tmp_path / "node.toml")
+    assert config.token == "" and config.cert_file == tmp_path / "hospital-1.pem"
+    from fedplug.certs import check_certificate, load_certificate_pins, node_tls
+
+    cert, _key = node_tls(config.cert_file, config.key_file)
+    assert check_certificate(load_certificate_pins(tmp_path / "certs"), cert) == "hospital-1"
+
+
 def test_the_node_toml_reference_is_a_valid_config(tmp_path):
-    (toml,) = _blocks("toml")
+    _mtls, toml = _blocks("toml")
     assert "[limits]" in toml
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
     (tmp_path / "hospital-1.token").write_text("secret")

@@ -150,7 +150,8 @@ def test_a_token_researcher_does_not_ask_for_certificates(certs):
             client.stop()
             thread.join(30)
         _, client = client_for(server, certs, "hosp-a", own(certs, "hosp-a"))
-        assert run_briefly(client, 60) == 3  # no token: unknown credential
+        assert run_briefly(client, 60) == 3  # a certificate but no token: refused, and told why
+        assert any("no node token" in reason for reason in server.refused), server.refused
     finally:
         server.close()
 

@@ -547,6 +547,14 @@ class GrpcTransport:
             token = token[len("Bearer ") :] if token.startswith("Bearer ") else token
             claimed = check_token(self.credentials, token)
             what, hint = "credential", "`fedplug certs node NAME` and the node reads token_file"
+            if not token:
+                self._refuse(f"{context.peer()}: no node token")
+                context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "no node token: this researcher knows nodes by their tokens (fedplug certs "
+                    "node NAME, token_file in node.toml); a node with a client certificate needs "
+                    'a researcher serving with node_auth="certificate"',
+                )
         if claimed is None:
             self._refuse(f"{context.peer()}: unknown node {what}")
             context.abort(
