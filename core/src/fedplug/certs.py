@@ -289,9 +289,14 @@ def _node_entries(root: Path, name: str, force: bool) -> dict[str, dict[str, str
             "its credential, after which the old one is refused"
         )
     _mkdir(root / "nodes")
-    for suffix in (".token", ".pem", ".key"):  # what the old credential left behind
-        (root / "nodes" / f"{name}{suffix}").unlink(missing_ok=True)
+    _delete_files(root, name)  # what the old credential left behind
     return nodes
+
+
+def _delete_files(root: Path, name: str) -> None:
+    """Delete the token, certificate and key files the directory keeps for node ``name``."""
+    for suffix in (".token", ".pem", ".key"):
+        (root / "nodes" / f"{name}{suffix}").unlink(missing_ok=True)
 
 
 def _created() -> str:
@@ -427,8 +432,7 @@ def remove_node(directory: str | os.PathLike[str], name: str) -> None:
         raise ConfigError(f"no node named {name!r} in {root / CREDENTIALS}; known nodes: {known}")
     del nodes[name]
     _write_credentials(root / CREDENTIALS, nodes)
-    for suffix in (".token", ".pem", ".key"):
-        (root / "nodes" / f"{name}{suffix}").unlink(missing_ok=True)
+    _delete_files(root, name)
 
 
 def _credentials_path(path: str | os.PathLike[str]) -> Path:
@@ -461,14 +465,9 @@ def check_certificate(pins: dict[str, str], pem: bytes) -> str | None:
     """The node whose pinned fingerprint is that of the certificate ``pem`` (as the TLS layer
     verified it), or None; in constant time over the entries, as :func:`check_token`."""
     try:
-        fingerprint = certificate_fingerprint(pem).encode("ascii")
+        return _match(pins, certificate_fingerprint(pem))
     except ValueError:
         return None
-    found = None
-    for name, expected in pins.items():
-        if hmac.compare_digest(fingerprint, expected.encode("utf-8")) and found is None:
-            found = name
-    return found
 
 
 def token_digest(token: str) -> str:
@@ -479,10 +478,14 @@ def token_digest(token: str) -> str:
 def check_token(credentials: dict[str, str], token: str) -> str | None:
     """The node whose digest matches ``token``, or None; compares in constant time with every
     entry, so that the time taken tells nothing about which node, if any, matched."""
-    digest = token_digest(token).encode("ascii")
+    return _match(credentials, token_digest(token))
+
+
+def _match(table: dict[str, str], digest: str) -> str | None:
+    """The name whose entry is ``digest``, compared with every entry in constant time."""
     found = None
-    for name, expected in credentials.items():
-        if hmac.compare_digest(digest, expected.encode("utf-8")) and found is None:
+    for name, expected in table.items():
+        if hmac.compare_digest(digest.encode("ascii"), expected.encode("utf-8")) and found is None:
             found = name
     return found
 
