@@ -415,11 +415,13 @@ def test_a_signing_request_keeps_the_key_at_the_hospital(certs, tmp_path):
 def test_bad_signing_requests_are_refused_before_anything_is_written(certs, tmp_path):
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     (tmp_path / "weak.csr").write_bytes(csr_for(weak))
+    (tmp_path / "p192.csr").write_bytes(csr_for(ec.generate_private_key(ec.SECP192R1())))
     forged = tampered(csr_for(ec.generate_private_key(ec.SECP256R1())))
     (tmp_path / "forged.csr").write_bytes(forged)
     (tmp_path / "junk.csr").write_bytes(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n")
     for name, match in (
         ("weak.csr", "at least 2048 bits"),
+        ("p192.csr", "EC key of at least 256 bits"),
         ("forged.csr", "signature of .* does not verify"),
         ("junk.csr", "holds no valid certificate signing request"),
     ):

@@ -348,11 +348,13 @@ def _public_key_from_csr(csr_path: str | os.PathLike[str], name: str) -> Any:
             "with the key it carries"
         )
     key = csr.public_key()
-    if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)) or (
-        isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048
-    ):
+    strong = (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size >= 256) or (
+        isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048
+    )
+    if not strong:
         raise ConfigError(
-            f"{csr_path}: the key must be an EC key or an RSA key of at least 2048 bits; make one "
+            f"{csr_path}: the key must be an EC key of at least 256 bits (e.g. P-256) or an RSA "
+            "key of at least 2048 bits; make one "
             f"with: openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
             f"-keyout {name}.key -out {name}.csr -subj /CN={name}"
         )
