@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-PLUGINS := plugins/torch_plan plugins/sklearn_plan plugins/flamby_datasets plugins/secagg
+PLUGINS := plugins/torch_plan plugins/sklearn_plan plugins/flamby_datasets plugins/secagg \
+	plugins/grpc plugins/demo
 PYPROJECTS := core/pyproject.toml $(foreach d,$(PLUGINS),$(d)/pyproject.toml)
 STAMP := $(VENV)/.fedplug-installed
 
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.fedplug-installed
 $(STAMP): $(PYPROJECTS) constraints.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e "./core[plot,grpc]" $(foreach d,$(PLUGINS),-e ./$(d)) -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -e "./core[plot]" $(foreach d,$(PLUGINS),-e ./$(d)) -r requirements-dev.txt
 	touch $@
 
 demo: $(STAMP)

@@ -3,13 +3,13 @@
 Usage: ``python bench/algorithms.py [--seeds 0,1,2] [--rounds N | --rounds DEMO,SKEWED]
 [--target-demo 0.95] [--target-skewed 0.85] [--algorithms fedavg,scaffold] [--quick]``
 
-Every algorithm runs with the settings of ``fedplug.demo.ALGORITHMS`` (a node-side and a
+Every algorithm runs with the settings of ``fedplug_demo.demo.ALGORITHMS`` (a node-side and a
 researcher-side ``fedplug.Optimizer`` spec), so the benchmark measures what the demo runs, on two
 tasks:
 
-- **demo**: the demo task itself (``fedplug.demo``): breast cancer over 3 label-skewed hospitals
+- **demo**: the demo task itself (``fedplug_demo.demo``): breast cancer over 3 label-skewed hospitals
   (benign shares 0.27 / 0.68 / 0.90), 20 % of each held out, with the ``torch-mlp`` and the
-  ``sklearn-sgd`` plans and ``fedplug.demo.PLANS``' model and training arguments. An algorithm
+  ``sklearn-sgd`` plans and ``fedplug_demo.demo.PLANS``' model and training arguments. An algorithm
   without a node-side spec trains with the plan's own optimizer, as in the demo. 30 rounds,
   target 0.95.
 - **skewed**: a harder split where client drift matters. 4 synthetic clients of 5 features whose
@@ -58,10 +58,10 @@ from typing import Any
 import numpy as np
 
 from fedplug import Dataset, Experiment, LogisticRegressionPlan, Node, Optimizer
-from fedplug.demo import ALGORITHMS, PLANS, TAGS, demo_nodes
 from fedplug.errors import FedplugError
 from fedplug.plugins import FedplugPluginManager, get_plugin_manager
 from fedplug.report import format_table
+from fedplug_demo.demo import ALGORITHMS, PLANS, TAGS, demo_nodes
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results" / "algorithms.json"
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         f"node lr x{args.skewed_lr_scale:g}, {args.rounds['skewed']} rounds, target accuracy "
         f"{args.targets['skewed']:g}",
     }
-    print("\n## algorithm settings (fedplug.demo.ALGORITHMS)")
+    print("\n## algorithm settings (fedplug_demo.demo.ALGORITHMS)")
     print(settings_table(args.algorithms, args.skewed_lr_scale))
     for task in args.tasks:
         rows = [row for row in summary if row["task"] == task]

@@ -47,9 +47,9 @@ import numpy as np
 
 from fedplug import Experiment
 from fedplug import messages as msg
-from fedplug.demo import TAGS, demo_node_specs
-from fedplug.deploy import local_deployment, prepare_nodes
-from fedplug.transport import grpc as wire
+from fedplug_demo.demo import TAGS, demo_node_specs
+from fedplug_grpc import transport as wire
+from fedplug_grpc.deploy import local_deployment, prepare_nodes
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results" / "grpc_soak.json"

@@ -32,7 +32,7 @@ Usage: ``python bench/secagg.py [--quick] [--repeat N] [--rounds N] [--out PATH]
    and received (the ``SecAggRequest`` of each of those steps, and what the round's context adds
    to the ``TrainRequest``: every node's public mask key and every encrypted share).
 
-2. **A whole round**: the demo workload (``fedplug.demo.demo_nodes``, 3 hospitals, the ``torch-mlp``
+2. **A whole round**: the demo workload (``fedplug_demo.demo.demo_nodes``, 3 hospitals, the ``torch-mlp``
    plan and arguments of ``demo.PLANS["torch"]``, FedAvg, 20 % held out and validated every
    round, as ``fedplug demo``) with ``secagg=True`` and without, in the same run on the same
    nodes: the two experiments take turns round by round (alternating which goes first) after one
@@ -345,7 +345,7 @@ def bytes_table(rows: list[dict[str, Any]]) -> str:
 def whole_round(rounds: int) -> dict[str, Any]:
     """The demo's rounds with and without secure aggregation, taking turns on the same nodes."""
     from fedplug import Experiment
-    from fedplug.demo import PLANS, TAGS, demo_nodes
+    from fedplug_demo.demo import PLANS, TAGS, demo_nodes
 
     plan, _, model_args, training_args = PLANS["torch"]
     nodes = demo_nodes(3, 0)

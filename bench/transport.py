@@ -4,7 +4,7 @@ Usage: ``python bench/transport.py [--quick] [--out PATH]``
 
 1. **Demo round time**: the demo workload (3 hospitals, ``torch-mlp``, FedAvg, 20 % held out and
    validated every round: ``fedplug demo``'s settings) with the local transport (in-process nodes)
-   and with gRPC (``fedplug.demo.grpc_federation``: TLS, one ``fedplug node start`` process per
+   and with gRPC (``fedplug_demo.demo.grpc_federation``: TLS, one ``fedplug node start`` process per
    hospital): start-up (until the nodes are connected), round 1 (plans built on the nodes), the
    median ``round_s`` of rounds 2..N, and the final accuracy and parameters of both.
 2. **Throughput**: a 1 GiB float32 model (4 arrays) sent to 4 node processes whose plan
@@ -146,7 +146,7 @@ class MeteredTransport:
 
 def bench_nodes(count: int, workdir: Path) -> list[Any]:
     """``count`` node specs with a tiny numpy dataset each, running shipped plans unapproved."""
-    from fedplug.deploy import NodeSpec
+    from fedplug_grpc.deploy import NodeSpec
 
     data = workdir / "tiny.npz"
     data.parent.mkdir(parents=True, exist_ok=True)
@@ -192,8 +192,8 @@ def _status_mib(field: str, pid: int | str = "self") -> float:
 
 # -- 1. the demo's rounds -----------------------------------------------------------------------
 def demo_rounds(rounds: int, workdir: Path) -> dict[str, Any]:
-    from fedplug.demo import ALGORITHMS, PLANS, _demo_experiment, demo_nodes, grpc_federation
     from fedplug.plugins import get_plugin_manager
+    from fedplug_demo.demo import ALGORITHMS, PLANS, _demo_experiment, demo_nodes, grpc_federation
 
     pm = get_plugin_manager()
     plan, _, model_args, training_args = PLANS["torch"]
@@ -243,7 +243,7 @@ def demo_rounds(rounds: int, workdir: Path) -> dict[str, Any]:
 # -- 2. throughput ------------------------------------------------------------------------------
 def fedplug_throughput(mib: int, rounds: int, tls: bool, workdir: Path) -> dict[str, Any]:
     """Rounds of the echo model through a local deployment: bytes, times, where they go."""
-    from fedplug.deploy import local_deployment
+    from fedplug_grpc.deploy import local_deployment
 
     home = workdir / ("tls" if tls else "plain")
     with local_deployment(home, bench_nodes(BIG_NODES, home), tls=tls) as deployment:
@@ -387,7 +387,7 @@ def raw_loopback(
 
 
 def throughput(mib: int, rounds: int, workdir: Path) -> dict[str, Any]:
-    from fedplug.deploy import make_certs
+    from fedplug_grpc.deploy import make_certs
 
     runs = {name: fedplug_throughput(mib, rounds, name == "TLS", workdir)
             for name in ("TLS", "plaintext")}  # fmt: skip
@@ -417,7 +417,7 @@ def _bare_client(port: int, index: int, chunks: int, ca_cert: bytes | None) -> N
 
     import grpc
 
-    from fedplug.transport.grpc import CHUNK_BYTES, _tune_malloc, channel_options
+    from fedplug_grpc.transport import CHUNK_BYTES, _tune_malloc, channel_options
 
     _tune_malloc()  # as fedplug's node processes do
     target, options = f"127.0.0.1:{port}", channel_options()
@@ -461,9 +461,9 @@ def bare_grpc(mib: int, rounds: int, tls: bool, workdir: Path) -> dict[str, Any]
 
     import grpc
 
-    from fedplug import certs
-    from fedplug.deploy import make_certs
-    from fedplug.transport.grpc import CHUNK_BYTES, channel_options
+    from fedplug_grpc import certs
+    from fedplug_grpc.deploy import make_certs
+    from fedplug_grpc.transport import CHUNK_BYTES, channel_options
 
     chunks = (mib << 20) // CHUNK_BYTES
     payload = bytes(np.full(CHUNK_BYTES, 7, np.uint8))
@@ -557,7 +557,7 @@ def bare_grpc(mib: int, rounds: int, tls: bool, workdir: Path) -> dict[str, Any]
 # -- 3. researcher peak RSS ---------------------------------------------------------------------
 def _researcher(pipe: Any, nodes: int, mib: int, workdir: str) -> None:
     """Child process: a researcher alone in its process, measuring its own memory."""
-    from fedplug.deploy import local_deployment
+    from fedplug_grpc.deploy import local_deployment
 
     home = Path(workdir)
     try:

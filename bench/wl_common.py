@@ -2,7 +2,7 @@
 
 Imports numpy only (no torch, no fedplug), so that the "no framework" floor pays for nothing it
 would not import itself. W1's data is read from the ``.npz`` file that ships inside fedplug
-(located without importing fedplug) and split exactly as ``fedplug.demo`` does;
+(located without importing fedplug) and split exactly as ``fedplug_demo.demo`` does;
 ``bench/workloads.py`` checks that the two agree before it measures anything.
 """
 
@@ -70,7 +70,7 @@ W1_SHARES = (0.27, 0.68, 0.90)
 
 
 def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
-    """Standardised float32 features and int64 labels (as ``fedplug.demo.load_breast_cancer``)."""
+    """Standardised float32 features and int64 labels (as ``fedplug_demo.demo.load_breast_cancer``)."""
     spec = importlib.util.find_spec("fedplug")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("fedplug is not installed: its package ships W1's data")
@@ -82,7 +82,7 @@ def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
 
 
 def w1_node_indices(y: np.ndarray, seed: int = SEED) -> list[np.ndarray]:
-    """W1's label-skewed split over 3 nodes (``fedplug.demo.label_skew_split(y, 3, seed)``)."""
+    """W1's label-skewed split over 3 nodes (``fedplug_demo.demo.label_skew_split(y, 3, seed)``)."""
     sizes, shares = np.array(W1_SIZES), np.array(W1_SHARES)
     ones = np.round(sizes * shares).astype(int)
     residual, i = int(y.sum()) - int(ones.sum()), 0

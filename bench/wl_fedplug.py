@@ -18,7 +18,7 @@ import wl_common  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fedplug import Dataset, Experiment, Node, get_plugin_manager, hookimpl  # noqa: E402
-from fedplug.demo import label_skew_split, load_breast_cancer  # noqa: E402
+from fedplug_demo.demo import label_skew_split, load_breast_cancer  # noqa: E402
 from fedplug_torch import TorchTrainingPlan  # noqa: E402
 
 T_IMPORTED = time.monotonic()

@@ -325,11 +325,11 @@ def startup_times(repeat: int, timeout: float) -> dict[str, Any]:
 
 
 def check_w1_split() -> None:
-    """The floor's copy of W1's data and split must be fedplug.demo's, index for index."""
+    """The floor's copy of W1's data and split must be fedplug_demo.demo's, index for index."""
     import numpy as np
     import wl_common
 
-    from fedplug.demo import label_skew_split, load_breast_cancer
+    from fedplug_demo.demo import label_skew_split, load_breast_cancer
 
     x, y = load_breast_cancer()
     bx, by = wl_common.breast_cancer()
@@ -338,7 +338,7 @@ def check_w1_split() -> None:
     same = np.array_equal(x, bx) and np.array_equal(y, by)
     same = same and all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
     if not same:
-        raise SystemExit("bench/wl_common.py's W1 data or split differs from fedplug.demo's")
+        raise SystemExit("bench/wl_common.py's W1 data or split differs from fedplug_demo.demo's")
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     # warm the page cache and bytecode caches (torch is ~1 GB of files); not measured
-    launch([sys.executable, "-c", "import torch, fedplug_torch.plan, fedplug.demo"], 120)
+    launch([sys.executable, "-c", "import torch, fedplug_torch.plan, fedplug_demo.demo"], 120)
     startup = startup_times(STARTUP_REPEAT, args.timeout)
     runs: dict[Config, list[dict[str, Any]]] = {c: [] for c in configs}
     discarded: list[dict[str, Any]] = []

@@ -24,13 +24,6 @@ def separable(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.nda
     return x, y
 
 
-@pytest.fixture(autouse=True)
-def _plugin_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests see the installed plugins, whatever the developer's shell exports."""
-    monkeypatch.delenv("FEDPLUG_DISABLE_PLUGINS", raising=False)
-    monkeypatch.delenv("FEDPLUG_STRICT_PLUGINS", raising=False)
-
-
 @pytest.fixture
 def make_data() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """:func:`separable`: ``make_data(n, seed, shift=0.0)`` -> ``(x, y)``."""
@@ -45,11 +38,10 @@ def fresh_pm() -> FedplugPluginManager:
 
 @pytest.fixture
 def make_nodes() -> Callable[..., list[Node]]:
-    """Build in-process nodes with unique names and tags (stopped by the root conftest).
+    """Build in-process nodes with unique names and tags.
 
     ``make_nodes(sizes=(60, 80, 100))`` returns one node per size, each holding
-    :func:`separable` data; ``tags`` defaults to one tag unique to the call, so that experiments
-    that find nodes by tags never pick up another test's nodes.
+    :func:`separable` data; ``tags`` defaults to one tag unique to the call.
     """
 
     def make(

@@ -195,7 +195,7 @@ def test_a_node_refuses_aux_vars_its_plan_cannot_use():
     node = direct_node()
     ref = msg.PlanRef(name="numpy-logreg")
     aux = pack_aux_vars({"scaffold": ScaffoldAuxVar(state=0.0)})
-    reply = msg.decode(node.handle(request(ref, aux)))
+    reply = msg.decode(b"".join(node.serve(request(ref, aux))))
     assert isinstance(reply, msg.ErrorReply)
     assert "declearn modules" in reply.message
     assert "scaffold-client" in reply.message
@@ -206,7 +206,7 @@ def test_a_node_whose_plan_needs_aux_vars_refuses_a_request_without_them():
 
     node = direct_node()
     ref = make_plan_ref(ScaffoldPlan, ["from fedplug import Optimizer"], node.pm.training_plans)
-    reply = msg.decode(node.handle(request(ref)))
+    reply = msg.decode(b"".join(node.serve(request(ref))))
     assert isinstance(reply, msg.ErrorReply)
     assert "['scaffold-client'] need auxiliary variables ['scaffold']" in reply.message
 
@@ -214,15 +214,15 @@ def test_a_node_whose_plan_needs_aux_vars_refuses_a_request_without_them():
 class AuxForgingNode(Node):
     """Adds Scaffold auxiliary variables to an otherwise normal reply."""
 
-    def handle(self, payload: bytes) -> bytes:
+    def serve(self, request, size=None):
         from declearn.model.sklearn import NumpyVector
         from declearn.optimizer.modules import ScaffoldAuxVar
 
-        reply = msg.decode(super().handle(payload))
+        reply = msg.decode(b"".join(super().serve(request, size)))
         if isinstance(reply, msg.TrainReply):
             delta = NumpyVector({k: np.zeros_like(v) for k, v in reply.params.items()})
             reply.aux_vars = pack_aux_vars({"scaffold": ScaffoldAuxVar(delta=delta)})
-        return msg.encode(reply)
+        return [msg.encode(reply)]
 
 
 def test_unexpected_aux_vars_from_a_node_name_the_missing_agg_optimizer():

@@ -9,7 +9,7 @@ import pytest
 
 from fedplug import ConfigError, Dataset
 from fedplug.datasets import load_csv, load_numpy
-from fedplug.demo import TAGS, demo_nodes, label_skew_split, load_breast_cancer
+from fedplug_demo.demo import TAGS, demo_nodes, label_skew_split, load_breast_cancer
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from fedplug import (
 )
 from fedplug import messages as msg
 from fedplug.planref import source_hash
+from fedplug.transport.local import LocalTransport
 
 MODEL_ARGS = {"n_features": 4}
 TRAINING_ARGS = {"batch_size": 16, "epochs": 1, "test_ratio": 0.25}
@@ -179,19 +180,34 @@ def test_model_class_is_another_name_for_training_plan(make_nodes):
         Experiment(nodes=nodes, training_plan=LogisticRegressionPlan, model_class=ShippedPlan)
 
 
-def test_fedbiomed_form_finds_running_nodes_by_tags(make_nodes):
+def test_a_local_federation_serves_experiments_that_select_nodes_by_tags(make_nodes):
+    """Nodes are not found through a process-wide registry: an experiment is given its
+    federation (here a LocalTransport shared by two studies) and selects by tags within it."""
     tag = f"study-{uuid.uuid4().hex}"
     mine = make_nodes((60, 70), tags=[tag, "extra"])
-    make_nodes((50,))  # another study, running in the same process
-    exp = Experiment(tags=[tag], model_class=LogisticRegressionPlan, model_args=MODEL_ARGS)
-    assert exp.nodes == [node.name for node in mine]
-    assert exp.run(rounds=1)[0]["nodes"] == exp.nodes
-
-    mine[0].stop()
-    exp = Experiment(tags=tag, model_class=LogisticRegressionPlan, model_args=MODEL_ARGS)
-    assert exp.nodes == [mine[1].name]
-    mine[1].stop()
-    with pytest.raises(ConfigError, match=tag):
+    others = make_nodes((50,))  # another study, in the same federation
+    with LocalTransport([*mine, *others]) as federation:
+        exp = Experiment(
+            nodes=federation, tags=[tag], model_class=LogisticRegressionPlan, model_args=MODEL_ARGS
+        )
+        assert exp.nodes == [node.name for node in mine]
+        assert exp.run(rounds=1)[0]["nodes"] == exp.nodes
+        exp.close()  # the federation is its maker's: still open
+        other = Experiment(
+            nodes=federation,
+            tags=others[0].datasets[0].tags,
+            model_class=LogisticRegressionPlan,
+            model_args=MODEL_ARGS,
+        )
+        assert other.nodes == [others[0].name]
+        with pytest.raises(ConfigError, match=tag):
+            Experiment(
+                nodes=federation,
+                tags=[tag, "missing"],
+                model_class=LogisticRegressionPlan,
+                model_args=MODEL_ARGS,
+            )
+    with pytest.raises(ConfigError, match=r"pass nodes=\[Node\(\.\.\.\), \.\.\.\]"):
         Experiment(tags=[tag], model_class=LogisticRegressionPlan, model_args=MODEL_ARGS)
 
 
@@ -267,7 +283,7 @@ def test_a_plan_must_be_a_training_plan_class_or_name(make_nodes, plan):
 
 def test_unknown_plan_and_aggregator_names_list_what_exists(make_nodes):
     nodes = make_nodes()
-    with pytest.raises(PluginError, match="no training_plans named 'logreg'") as info:
+    with pytest.raises(PluginError, match="no training plans named 'logreg'") as info:
         experiment(nodes, training_plan="logreg")
     assert "numpy-logreg" in str(info.value)
     with pytest.raises(PluginError, match="no aggregators named 'fedavgg'") as info:
@@ -488,14 +504,14 @@ def test_a_failing_validation_leaves_the_experiment_consistent(make_nodes):
 class GarbageNode(Node):
     """Replies with bytes that are not a message."""
 
-    def handle(self, payload: bytes) -> bytes:
-        return b"\xc1\x00 definitely not msgpack"
+    def serve(self, request, size=None):
+        return [b"\xc1\x00 definitely not msgpack"]
 
 
 class VanishingNode(Node):
     """Its process went away: the transport gets an exception instead of bytes."""
 
-    def handle(self, payload: bytes) -> bytes:
+    def serve(self, request, size=None):
         raise ConnectionResetError("node process exited")
 
 
@@ -504,9 +520,9 @@ class ForgingNode(Node):
 
     forge = staticmethod(lambda reply: reply)
 
-    def handle(self, payload: bytes) -> bytes:
-        reply = msg.decode(super().handle(payload))
-        return msg.encode(self.forge(reply) if isinstance(reply, msg.TrainReply) else reply)
+    def serve(self, request, size=None):
+        reply = msg.decode(b"".join(super().serve(request, size)))
+        return [msg.encode(self.forge(reply) if isinstance(reply, msg.TrainReply) else reply)]
 
 
 def _with_bad_node(make_nodes, node_cls, forge=None):
@@ -564,9 +580,9 @@ def test_a_misbehaving_node_is_skipped_under_the_skip_policy(make_nodes, node_cl
         assert re.search(match, row["failures"][bad.name])
 
 
-def test_handle_buffer_serves_requests_like_handle(make_nodes):
-    """What a gRPC node sends is a numpy buffer (cheaper for large replies) holding the reply
-    handle() would give."""
+def test_serve_replies_with_buffers_that_are_the_replys_bytes(make_nodes):
+    """A reply comes as buffers (its header, then its arrays) whose concatenation decodes to it:
+    a transport sends them one after the other, no copy of the model assembled."""
     [node] = make_nodes((40,))
     request = msg.TrainRequest(
         experiment_id="exp-1",
@@ -577,23 +593,20 @@ def test_handle_buffer_serves_requests_like_handle(make_nodes):
         tags=[],
         params={"weight": np.full((4, 2), 0.5), "bias": np.zeros(2)},
     )
-    buffer = node.handle_buffer(msg.encode(request))
-    assert buffer.dtype == np.uint8 and buffer.ndim == 1
-    reply = msg.decode(memoryview(buffer), msg.TrainReply)
+    parts = node.serve(msg.encode(request))
+    assert len(parts) > 1
+    reply = msg.decode(b"".join(parts), msg.TrainReply)
     assert {k: v.shape for k, v in reply.params.items()} == {"weight": (4, 2), "bias": (2,)}
     assert reply.n_samples > 0 and not np.array_equal(
         reply.params["weight"], request.params["weight"]
     )
-    bad = replace(request, params={"weight": np.zeros((3, 2)), "bias": np.zeros(2)})
-    payload = msg.encode(bad)
-    assert node.handle_buffer(payload).tobytes() == node.handle(payload)
-    assert msg.decode(node.handle_buffer(b"garbage").tobytes()).error == "MessageError"
+    assert msg.decode(b"".join(node.serve(b"garbage"))).error == "MessageError"
 
 
 def test_a_node_answers_bad_requests_with_error_replies(make_nodes):
     [node] = make_nodes((40,))
     for payload in (b"garbage", msg.encode(msg.ErrorReply("e", 0, "x", "E", "m"))):
-        reply = msg.decode(node.handle(payload))
+        reply = msg.decode(b"".join(node.serve(payload)))
         assert isinstance(reply, msg.ErrorReply)
         assert reply.error == "MessageError"
         assert reply.node == node.name
@@ -607,13 +620,13 @@ def test_a_node_answers_bad_requests_with_error_replies(make_nodes):
         tags=[],
         params={"weight": np.zeros((3, 2)), "bias": np.zeros(2)},  # the plan has 4 features
     )
-    reply = msg.decode(node.handle(msg.encode(request)))
+    reply = msg.decode(b"".join(node.serve(msg.encode(request))))
     assert reply.error == "NodeError"
     assert "received parameters do not match" in reply.message
     assert (reply.experiment_id, reply.round_index) == ("exp-1", 4)
 
     unknown = replace(request, experiment_id="exp-2", plan=msg.PlanRef(name="no-such-plan"))
-    reply = msg.decode(node.handle(msg.encode(unknown)))
+    reply = msg.decode(b"".join(node.serve(msg.encode(unknown))))
     assert reply.error == "PluginError" and "no-such-plan" in reply.message
 
     tampered = replace(
@@ -621,7 +634,7 @@ def test_a_node_answers_bad_requests_with_error_replies(make_nodes):
         experiment_id="exp-3",
         plan=msg.PlanRef(source="class P: pass\n", class_name="P", sha256="0" * 64),
     )
-    reply = msg.decode(node.handle(msg.encode(tampered)))
+    reply = msg.decode(b"".join(node.serve(msg.encode(tampered))))
     assert reply.error == "PlanError" and "does not match its hash" in reply.message
 
 
@@ -633,9 +646,9 @@ class SlowNode(Node):
 
     delay = 0.0
 
-    def handle(self, payload: bytes) -> bytes:
+    def serve(self, request, size=None):
         time.sleep(self.delay)
-        return super().handle(payload)
+        return super().serve(request, size)
 
 
 def _run_with_delays(make_nodes, delays, seed):

@@ -19,8 +19,10 @@ from fedplug import (
     PluginError,
     hookimpl,
 )
+from fedplug import messages as msg
 from fedplug.numpy_plan import NumpyModel
 from fedplug.optimizer import NumpyAdapter
+from fedplug.plugins import get_plugin_manager
 
 MODEL_ARGS = {"n_features": 4}
 
@@ -36,9 +38,9 @@ class RecordingNode(Node):
         super().__init__(*args, **kwargs)
         self.requests = 0
 
-    def handle(self, payload: bytes) -> bytes:
+    def serve(self, request, size=None):
         self.requests += 1
-        return super().handle(payload)
+        return super().serve(request, size)
 
 
 # -- contributions ------------------------------------------------------------------------------
@@ -69,7 +71,7 @@ def test_hook_fedplug_register_training_plans(fresh_pm, make_nodes):
     exp = Experiment(
         nodes=lacking, training_plan="custom-plan", model_args=MODEL_ARGS, plugin_manager=fresh_pm
     )
-    with pytest.raises(NodeError, match="no training_plans named 'custom-plan'"):
+    with pytest.raises(NodeError, match="no training plans named 'custom-plan'"):
         exp.run_once()
 
     fresh_pm.register(Plugin(), name="plans-again")
@@ -120,7 +122,7 @@ def test_hook_fedplug_register_dataset_types(fresh_pm, tmp_path: Path):
     fresh_pm.register(Plugin("csv"), name="csv-clash")
     with pytest.raises(PluginError, match="'csv'") as info:
         fresh_pm.dataset_types  # noqa: B018
-    assert "'fedplug'" in str(info.value) and "'csv-clash'" in str(info.value)
+    assert "'fedplug.builtin.datasets'" in str(info.value) and "'csv-clash'" in str(info.value)
 
 
 def test_hook_fedplug_register_secagg_schemes(fresh_pm):
@@ -246,6 +248,82 @@ def test_hook_fedplug_validate_experiment_refuses_before_any_round(fresh_pm, mak
     assert config.nodes == [node.name for node in nodes]
     assert config.round_limit == 2
     assert all(node.requests == 0 for node in nodes)
+
+
+# -- the node: serving a request ------------------------------------------------------------------
+
+
+class EvaluationGuard:
+    """Wraps every request on a node: refuses evaluation, halves trained parameters, and
+    records what it saw (a node-side policy written as a plugin)."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl(wrapper=True)
+    def fedplug_node_request(self, node, request):
+        self.seen.append((node.name, type(request).__name__))
+        if isinstance(request, msg.EvaluateRequest):
+            raise ConfigError(f"node {node.name!r} evaluates nothing today")
+        reply = yield
+        if isinstance(reply, msg.TrainReply):
+            reply.params = {name: value / 2 for name, value in reply.params.items()}
+        return reply
+
+
+class SecAggResponder:
+    """Serves a request type core does not (what fedplug-secagg does for its steps)."""
+
+    @hookimpl
+    def fedplug_node_request(self, node, request):
+        if isinstance(request, msg.SecAggRequest):
+            data = msg.SecAggData("echo", "pong", {"node": node.name})
+            return msg.SecAggReply(request.experiment_id, request.round_index, node.name, data)
+        return None
+
+
+def test_hook_fedplug_node_request(fresh_pm, make_nodes):
+    # core's built-in implementation trains and evaluates; SecAggRequest is nobody's
+    [plain] = make_nodes((40,), plugin_manager=fresh_pm)
+    ping = msg.encode(msg.SecAggRequest("exp", 0, msg.SecAggData("echo", "ping")))
+    reply = msg.decode(b"".join(plain.serve(ping)))
+    assert isinstance(reply, msg.ErrorReply) and "serves no SecAggRequest" in reply.message
+
+    guard = EvaluationGuard()
+    fresh_pm.register(guard, name="guard")
+    fresh_pm.register(SecAggResponder(), name="responder")
+    reply = msg.decode(b"".join(plain.serve(ping)))
+    assert isinstance(reply, msg.SecAggReply) and reply.data.values == {"node": plain.name}
+
+    nodes = make_nodes(plugin_manager=fresh_pm)
+    exp = Experiment(
+        nodes=nodes,
+        training_plan=LogisticRegressionPlan,
+        model_args=MODEL_ARGS,
+        training_args={"batch_size": 20, "test_ratio": 0.25},
+        validate=False,
+        round_limit=1,
+        seed=0,
+        plugin_manager=get_plugin_manager(load_entry_points=False),
+    )
+    exp.run()
+    reference = Experiment(
+        nodes=make_nodes(plugin_manager=get_plugin_manager(load_entry_points=False)),
+        training_plan=LogisticRegressionPlan,
+        model_args=MODEL_ARGS,
+        training_args={"batch_size": 20, "test_ratio": 0.25},
+        validate=False,
+        round_limit=1,
+        seed=0,
+    )
+    reference.run()
+    for name, value in reference.global_params.items():  # every node's update was halved
+        np.testing.assert_allclose(exp.global_params[name], value / 2)
+    with pytest.raises(NodeError, match="evaluates nothing today"):
+        exp.evaluate()
+    assert ("SecAggRequest" in {kind for _, kind in guard.seen}) and (
+        {kind for _, kind in guard.seen} >= {"TrainRequest", "EvaluateRequest"}
+    )
 
 
 # -- lifecycle ------------------------------------------------------------------------------------

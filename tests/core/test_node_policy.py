@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fedplug import Experiment, LogisticRegressionPlan, NodeError, Optimizer
-from fedplug.nodeconfig import NodeLimits
-from fedplug.nodestore import NodeStore
+from fedplug_grpc.nodeconfig import NodeLimits
+from fedplug_grpc.nodestore import NodeStore
 
 MODEL_ARGS = {"n_features": 4}
 
@@ -59,7 +59,10 @@ def test_a_node_refuses_requests_beyond_its_limits(make_nodes, limits, training_
 
 def test_allowed_plugins_restricts_registered_plans(make_nodes):
     nodes = make_nodes(limits=NodeLimits(allowed_plugins=("sklearn",)))
-    with pytest.raises(NodeError, match=r"plugin 'fedplug'.*allowed_plugins = \['sklearn'\]"):
+    with pytest.raises(
+        NodeError,
+        match=r"plugin 'fedplug.builtin.plans' \(distribution fedplug\).*allowed_plugins = \['sklearn'\]",
+    ):
         _experiment(nodes, training_plan="numpy-logreg").run_once()
     allowed = make_nodes(limits=NodeLimits(allowed_plugins=("fedplug",)))
     assert len(_experiment(allowed, training_plan="numpy-logreg").run()) == 2

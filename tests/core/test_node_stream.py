@@ -1,5 +1,5 @@
-"""Node.handle_stream: a request decoded while it arrives, its parameters written straight into
-the plan (what a gRPC node does), with the replies Node.handle gives."""
+"""Node.serve with a request in pieces: decoded while it arrives, its parameters written straight
+into the plan (what a gRPC node does), with the replies the whole request gets."""
 
 from __future__ import annotations
 
@@ -43,11 +43,11 @@ def pieces(payload: bytes, size: int) -> list[memoryview]:
 
 def streamed(node, request, chunk: int = 1000) -> msg.Message:
     payload = msg.encode(request) if not isinstance(request, bytes) else request
-    return msg.decode(node.handle_stream(pieces(payload, chunk), len(payload)).tobytes())
+    return msg.decode(b"".join(node.serve(pieces(payload, chunk), len(payload))))
 
 
 def whole(node, request) -> msg.Message:
-    return msg.decode(node.handle(msg.encode(request)))
+    return msg.decode(b"".join(node.serve(msg.encode(request))))
 
 
 def same_reply(a: msg.Message, b: msg.Message) -> None:
@@ -64,7 +64,7 @@ def same_reply(a: msg.Message, b: msg.Message) -> None:
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000, 1 << 20])
 @pytest.mark.parametrize("make", [train_request, evaluate_request], ids=["train", "evaluate"])
-def test_a_streamed_request_gets_the_reply_handle_gives(make_nodes, make, chunk):
+def test_a_streamed_request_gets_the_reply_the_whole_request_gets(make_nodes, make, chunk):
     """Any split of the request, down to one byte (an element split across pieces)."""
     a, b = make_nodes((40, 40), seed=5)
     b.datasets = a.datasets  # the same data: the same training
@@ -98,7 +98,7 @@ def test_parameters_go_straight_into_the_plan_without_set_parameters(make_nodes,
         assert np.array_equal(buffers[name], value)
     whole(reference, train_request())
     same_reply(reply, whole(reference, evaluate_request(sent)))
-    assert len(loaded) == 2  # the reference node loaded through set_parameters, twice
+    assert loaded == []  # a request in one piece is written into the plan the same way
 
 
 def test_a_plan_without_buffers_is_loaded_through_set_parameters(make_nodes, monkeypatch):
@@ -142,18 +142,18 @@ def test_a_wrong_shape_is_refused_before_any_parameter_is_written(make_nodes):
 def test_a_request_that_stops_short_gets_an_error_reply(make_nodes, cut):
     [node] = make_nodes((40,))
     payload = msg.encode(train_request())
-    reply = msg.decode(node.handle_stream(pieces(payload[:cut], 10), len(payload)).tobytes())
+    reply = msg.decode(b"".join(node.serve(pieces(payload[:cut], 10), len(payload))))
     assert isinstance(reply, msg.ErrorReply) and reply.error == "MessageError"
     assert f"of {len(payload)} bytes" in reply.message
     assert isinstance(streamed(node, train_request()), msg.TrainReply)  # still serving
 
 
-def test_garbage_and_unexpected_messages_get_the_replies_handle_gives(make_nodes):
+def test_garbage_and_unexpected_messages_get_the_replies_whole_ones_get(make_nodes):
     [node] = make_nodes((40,))
     for payload in (b"\x05\x00\x00\x00garbage!", msg.encode(msg.ErrorReply("e", 0, "x", "E", "m"))):
         reply = streamed(node, payload, chunk=4)
         assert isinstance(reply, msg.ErrorReply) and reply.error == "MessageError"
-        assert reply.message == msg.decode(node.handle(payload)).message
+        assert reply.message == msg.decode(b"".join(node.serve(payload))).message
 
 
 def test_an_unapproved_plan_is_refused_from_its_header(make_nodes):
@@ -169,19 +169,19 @@ def test_an_unapproved_plan_is_refused_from_its_header(make_nodes):
             taken.append(len(piece))
             yield piece
 
-    reply = msg.decode(node.handle_stream(chunks(), len(payload)).tobytes())
+    reply = msg.decode(b"".join(node.serve(chunks(), len(payload))))
     assert isinstance(reply, msg.ErrorReply) and "not approved" in reply.message
     assert sum(taken) < len(payload)  # refused before its parameters were read
 
 
-def test_serve_stream_replies_from_the_plans_own_parameters(make_nodes):
+def test_serve_replies_from_the_plans_own_parameters(make_nodes):
     """What a gRPC node sends: the reply's bytes, the parameters not copied but views of the
     plan's, valid until the node's next request."""
     a, b = make_nodes((40, 40))
     b.datasets = a.datasets
     payload = msg.encode(train_request())
-    parts = a.serve_stream(pieces(payload, 100), len(payload))
-    expected = b.handle_stream(pieces(payload, 100), len(payload))
-    same_reply(msg.decode(b"".join(parts)), msg.decode(expected.tobytes()))  # but duration_s
+    parts = a.serve(pieces(payload, 100), len(payload))
+    expected = b"".join(b.serve(payload))
+    same_reply(msg.decode(b"".join(parts)), msg.decode(expected))  # but duration_s
     weight = a._sessions["exp-stream"].plan.parameter_views()["weight"]
     assert any(np.shares_memory(np.frombuffer(part, np.uint8), weight) for part in parts[1:])

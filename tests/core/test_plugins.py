@@ -23,6 +23,7 @@ from fedplug import (
     hookimpl,
 )
 from fedplug.cli import main
+from fedplug.plugins import DEFAULT_PLUGINS
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -114,13 +115,19 @@ def test_each_call_builds_an_independent_manager(fresh_pm):
     assert "only-here" not in get_plugin_manager(load_entry_points=False).aggregators
 
 
-def test_builtin_plugin_provides_core_contributions(fresh_pm):
-    assert [info.name for info in fresh_pm.plugin_infos()] == ["fedplug"]
+def test_builtin_plugins_provide_core_contributions_one_concern_each(fresh_pm):
+    infos = fresh_pm.plugin_infos()
+    assert [info.name for info in infos] == sorted(DEFAULT_PLUGINS)
+    assert {info.distribution for info in infos} == {"fedplug"}
     assert {"fedavg", "median"} <= set(fresh_pm.aggregators)
     assert fresh_pm.training_plans["numpy-logreg"] is LogisticRegressionPlan
     assert {"numpy", "csv"} <= set(fresh_pm.dataset_types)
     assert isinstance(fresh_pm.aggregators["fedavg"](), Aggregator)
-    assert fresh_pm.aggregators.owner("fedavg") == "fedplug"
+    assert fresh_pm.aggregators.owner("fedavg") == "fedplug.builtin.aggregators"
+    assert fresh_pm.transports.owner("local") == "fedplug.builtin.transports"
+    # each built-in module registers into one registry at most
+    for info in infos:
+        assert len(info.registers) <= 1, info
 
 
 def test_registries_follow_register_and_unregister(fresh_pm):
@@ -161,7 +168,7 @@ def test_a_broken_plugin_is_reported_and_does_not_break_others(
     assert "FEDPLUG_STRICT_PLUGINS" in str(record[0].message)
 
     infos = infos_by_name(pm)
-    assert set(infos) == {"fedplug", "broken", "good"}
+    assert set(infos) == {*DEFAULT_PLUGINS, "broken", "good"}
     assert infos["broken"].error is not None
     assert infos["broken"].error.startswith(error_type)
     assert infos["broken"].hooks == []
@@ -252,7 +259,7 @@ def test_a_plugin_cannot_take_a_builtin_name(fresh_pm):
     fresh_pm.register(AggregatorPlugin("fedavg"), name="usurper")
     with pytest.raises(PluginError, match="'fedavg'") as info:
         fresh_pm.aggregators  # noqa: B018
-    assert "'fedplug'" in str(info.value)
+    assert "'fedplug.builtin.aggregators'" in str(info.value)
     assert "'usurper'" in str(info.value)
 
 
@@ -361,16 +368,25 @@ def test_fedplug_plugins_json_lists_installed_plugins(capsys):
     listing = json.loads(capsys.readouterr().out)
     by_name = {entry["name"]: entry for entry in listing}
     for entry in listing:
-        assert {"name", "distribution", "version", "hooks", "error"} <= set(entry)
-    assert {"fedplug", "torch", "sklearn"} <= set(by_name)
-    for name, dist in [("fedplug", "fedplug"), ("torch", "fedplug-torch")]:
+        assert {"name", "distribution", "version", "hooks", "registers", "error"} <= set(entry)
+    assert {"fedplug.builtin.aggregators", "torch", "sklearn", "grpc"} <= set(by_name)
+    for name, dist in [("fedplug.builtin.plans", "fedplug"), ("torch", "fedplug-torch")]:
         assert by_name[name]["distribution"] == dist
         assert by_name[name]["version"] == importlib.metadata.version(dist)
         assert by_name[name]["error"] is None
     assert by_name["sklearn"]["distribution"] == "fedplug-sklearn"
     assert "fedplug_register_training_plans" in by_name["torch"]["hooks"]
     assert "fedplug_model_adapter" in by_name["sklearn"]["hooks"]
-    assert "fedplug_register_aggregators" in by_name["fedplug"]["hooks"]
+    # what each plugin registers, by name
+    assert by_name["torch"]["registers"] == {"training_plans": ["torch-mlp"]}
+    assert by_name["fedplug.builtin.aggregators"]["registers"] == {
+        "aggregators": ["fedavg", "median"]
+    }
+    assert by_name["grpc"]["registers"] == {"transports": ["grpc"], "commands": ["certs", "node"]}
+    assert by_name["secagg"]["registers"] == {"secagg_schemes": ["masking"]}
+    assert (
+        "scaffold-client" in by_name["fedplug.builtin.optimizers"]["registers"]["optimizer_modules"]
+    )
 
 
 def test_fedplug_plugins_reports_a_broken_plugin_instead_of_crashing(

@@ -119,7 +119,6 @@ from pathlib import Path
 blocks = json.loads(Path(sys.argv[1]).read_text())
 work = Path(sys.argv[2])
 state = [Path(p) for p in json.loads(sys.argv[4])]
-from fedplug.node import local_nodes
 
 results = []
 for i, code in enumerate(blocks):
@@ -138,8 +137,6 @@ for i, code in enumerate(blocks):
             runpy.run_path(str(script), run_name="__main__")
         except BaseException:
             error = traceback.format_exc()
-    for node in local_nodes():
-        node.stop()
     results.append({"stdout": out.getvalue(), "error": error})
 Path(sys.argv[3]).write_text(json.dumps(results))
 """

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedplug import load_params
-from fedplug.demo import ALGORITHMS, run_demo
+from fedplug_demo.demo import ALGORITHMS, run_demo
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fedplug.nodeconfig import load_node_config
-from fedplug.nodestore import NodeStore
+from fedplug_grpc.nodeconfig import load_node_config
+from fedplug_grpc.nodestore import NodeStore
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "deployment.md"
@@ -143,7 +143,7 @@ def test_the_client_certificate_commands_and_config_work_as_written(tmp_path, ba
     (tmp_path / "node.toml").write_text('[node]\nname = "hospital-1"\n' + snippet)
     config = load_node_config(tmp_path / "node.toml")
     assert config.token == "" and config.cert_file == tmp_path / "hospital-1.pem"
-    from fedplug.certs import check_certificate, load_certificate_pins, node_tls
+    from fedplug_grpc.certs import check_certificate, load_certificate_pins, node_tls
 
     cert, _key = node_tls(config.cert_file, config.key_file)
     assert check_certificate(load_certificate_pins(tmp_path / "certs"), cert) == "hospital-1"

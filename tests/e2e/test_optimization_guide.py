@@ -70,7 +70,7 @@ def table_rows(text: str) -> dict[str, str]:
 
 
 def test_the_algorithm_table_has_a_row_per_demo_algorithm_with_its_settings():
-    from fedplug.demo import ALGORITHMS
+    from fedplug_demo.demo import ALGORITHMS
 
     assert set(ALGORITHMS) == set(ALGORITHM_NAMES)
     rows = table_rows(GUIDE.read_text())

@@ -26,14 +26,14 @@ def record_steps(exp):
     steps = []
     for node in exp.transport.nodes.values():
 
-        def handle(payload, _handle=node.handle):
-            reply = _handle(payload)
-            message = msg.decode(reply)
+        def serve(payload, size=None, _serve=node.serve):
+            reply = _serve(payload, size)
+            message = msg.decode(b"".join(reply))
             if isinstance(message, msg.TrainReply):
                 steps.append((message.round_index, message.node, message.n_steps))
             return reply
 
-        node.handle = handle
+        node.serve = serve
     return steps
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from flamby_double_support import license_file
 
+from fedplug.plugins import DEFAULT_PLUGINS
+
 INSTALL = "pip install git+https://github.com/owkin/FLamby"
 FEDPLUG = Path(sys.executable).parent / "fedplug"
 
@@ -147,13 +149,15 @@ def test_the_plugin_works_with_only_core_and_fedplug_torch(tmp_path, child_env):
         }))
         """,
         tmp_path,
-        child_env(FEDPLUG_DISABLE_PLUGINS="sklearn,secagg"),
+        child_env(FEDPLUG_DISABLE_PLUGINS="sklearn,secagg,grpc,demo"),
     )
     assert report["plugins"] == {
-        "fedplug": [None, False],
+        **{name: [None, False] for name in DEFAULT_PLUGINS},
         "flamby": [None, False],
         "sklearn": [None, True],  # FEDPLUG_DISABLE_PLUGINS: listed as disabled, not loaded
         "secagg": [None, True],
+        "grpc": [None, True],
+        "demo": [None, True],
         "torch": [None, False],
     }
     assert report["rounds"] == 1

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from fedplug.deploy import Deployment, NodeSpec, make_certs, prepare_nodes
 from fedplug.numpy_plan import LogisticRegressionPlan
+from fedplug_grpc.deploy import Deployment, NodeSpec, make_certs, prepare_nodes
 
 TAGS = ["grpc-test"]
 REPLY_LIMIT = 256 << 10  # the session cluster's max_reply_bytes
@@ -190,7 +190,7 @@ class Cluster:
         clients: tuple[str, ...] = CLIENTS,
         **transport_options: Any,
     ) -> None:
-        from fedplug.transport.grpc import GrpcTransport
+        from fedplug_grpc.transport import GrpcTransport
 
         self.workdir = workdir
         self.nodes = nodes
@@ -263,7 +263,8 @@ class Cluster:
 
 
 class FakeNode:
-    """What :class:`NodeClient` serves: a name, dataset tags and a ``handle`` function."""
+    """What :class:`NodeClient` serves: a name, dataset tags and ``serve``, here a ``handle``
+    function of the request's whole bytes."""
 
     def __init__(self, name: str, handle: Callable[[Any], bytes], tags: list[str]) -> None:
         self.name = name
@@ -274,9 +275,10 @@ class FakeNode:
     def tags(self) -> list[list[str]]:
         return [list(self._tags)]
 
-    def handle(self, payload: Any) -> bytes:
+    def serve(self, chunks: Any, size: int) -> list[bytes]:
         self.requests += 1
-        return self._handle(payload)
+        payload = b"".join(bytes(chunk) for chunk in chunks)
+        return [self._handle(payload)]
 
 
 @contextlib.contextmanager
@@ -290,7 +292,7 @@ def fake_node(
     """An in-process node ``name`` (a credential of :data:`CLIENTS`) whose replies are
     ``handle(request bytes)``, connected to the cluster over TLS with a real NodeClient
     (``client_options``: more NodeClient settings)."""
-    from fedplug.transport.grpc import NodeClient
+    from fedplug_grpc.transport import NodeClient
 
     fake = FakeNode(name, handle, tags)
     client = NodeClient(
@@ -331,7 +333,7 @@ def raw_stream(
     (None if the researcher ended it cleanly or this side hung up)."""
     import grpc
 
-    from fedplug.transport.grpc import METHOD
+    from fedplug_grpc.transport import METHOD
 
     finished = threading.Event()
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fedplug import Experiment
-from fedplug.demo import PLANS, TAGS, demo_nodes, grpc_federation
+from fedplug_demo.demo import PLANS, TAGS, demo_nodes, grpc_federation
 
 pytest.importorskip("grpc")
 torch = pytest.importorskip("torch")

@@ -16,12 +16,12 @@ import pytest
 
 from fedplug import ConfigError, Experiment, NodeError
 from fedplug import messages as msg
-from fedplug.deploy import NodeSpec, prepare_nodes
 from fedplug.numpy_plan import LogisticRegressionPlan
+from fedplug_grpc.deploy import NodeSpec, prepare_nodes
 
 grpc = pytest.importorskip("grpc")
 
-from fedplug.transport import grpc as transport_module  # noqa: E402
+from fedplug_grpc import transport as transport_module  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

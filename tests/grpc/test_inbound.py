@@ -17,7 +17,7 @@ from fedplug.node import Node
 
 pytest.importorskip("grpc")
 
-from fedplug.transport.grpc import (
+from fedplug_grpc.transport import (
     CANCEL,
     DATA,
     GRANT,

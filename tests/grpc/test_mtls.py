@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from fedplug import ConfigError, Experiment
-from fedplug.certs import add_node, add_node_certificate, init_certs, node_tls, remove_node
-from fedplug.deploy import NodeSpec, make_certs, prepare_nodes
 from fedplug.numpy_plan import LogisticRegressionPlan
+from fedplug_grpc.certs import add_node, add_node_certificate, init_certs, node_tls, remove_node
+from fedplug_grpc.deploy import NodeSpec, make_certs, prepare_nodes
 
 grpc = pytest.importorskip("grpc")
 
-from fedplug.transport.grpc import GrpcTransport, NodeClient  # noqa: E402
+from fedplug_grpc.transport import GrpcTransport, NodeClient  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -185,22 +185,24 @@ def test_node_processes_with_certificates_serve_an_experiment(tmp_path):
     assert researcher["cert_file"].endswith("clinic-1.pem") and "token_file" not in researcher
     deployment.start_all()  # the nodes retry until the server is up
     try:
-        exp = Experiment(
-            tags=TAGS,
-            training_plan=LogisticRegressionPlan,
-            model_args={"n_features": support.N_FEATURES},
-            training_args={"batch_size": 16, "epochs": 1},
-            round_limit=2,
-            seed=0,
-            transport="grpc",
-            server=f"127.0.0.1:{port}",
-            tls=certs,
-            node_auth="certificate",
-            wait_nodes=["clinic-1", "clinic-2"],
-            wait_timeout=support.STARTUP_S,
-            checkpoint_dir=tmp_path / "checkpoints",
-            progress=False,
-        )
+        # the keywords of the release before transports were plugins still work, with a warning
+        with pytest.warns(DeprecationWarning, match="transport_options="):
+            exp = Experiment(
+                tags=TAGS,
+                training_plan=LogisticRegressionPlan,
+                model_args={"n_features": support.N_FEATURES},
+                training_args={"batch_size": 16, "epochs": 1},
+                round_limit=2,
+                seed=0,
+                transport="grpc",
+                server=f"127.0.0.1:{port}",
+                tls=certs,
+                node_auth="certificate",
+                wait_nodes=["clinic-1", "clinic-2"],
+                wait_timeout=support.STARTUP_S,
+                checkpoint_dir=tmp_path / "checkpoints",
+                progress=False,
+            )
         with exp:
             assert exp.transport.node_auth == "certificate"
             summary = support.run_round(exp)

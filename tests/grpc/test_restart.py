@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from fedplug import load_params
-from fedplug.demo import TAGS, label_skew_split, load_breast_cancer
-from fedplug.deploy import NodeSpec, make_certs, prepare_nodes
+from fedplug_demo.demo import TAGS, label_skew_split, load_breast_cancer
+from fedplug_grpc.deploy import NodeSpec, make_certs, prepare_nodes
 
 pytest.importorskip("grpc")
 pytest.importorskip("torch")
@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 from fedplug import Experiment
-from fedplug.demo import PLANS, TAGS
+from fedplug_demo.demo import PLANS, TAGS
 
 mode, port, certs, checkpoints, out, pause = sys.argv[1:7]
 if mode == "resume":
@@ -60,9 +60,7 @@ else:
         round_limit=ROUNDS,
         seed=0,
         transport="grpc",
-        server=f"127.0.0.1:{port}",
-        tls=certs,
-        wait_nodes=3,
+        transport_options={"server": f"127.0.0.1:{port}", "tls": certs, "wait_nodes": 3},
         checkpoint_dir=checkpoints,
         progress=False,
     )

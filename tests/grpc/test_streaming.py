@@ -23,7 +23,7 @@ from fedplug.numpy_plan import LogisticRegressionPlan
 
 grpc = pytest.importorskip("grpc")
 
-from fedplug.transport import grpc as transport_module  # noqa: E402
+from fedplug_grpc import transport as transport_module  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

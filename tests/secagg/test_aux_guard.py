@@ -23,6 +23,7 @@ from fedplug import (
     LogisticRegressionPlan,
     Node,
     Optimizer,
+    hookimpl,
 )
 from fedplug import messages as msg
 from fedplug.errors import SecAggError
@@ -89,21 +90,37 @@ class CountingPlan(LogisticRegressionPlan):
         self.add_dependency("from fedplug import Optimizer")
 
 
-def counted_nodes(n=3):
-    """Nodes whose ``handle`` counts the requests they receive (``node.calls``)."""
+class CountingPlugin:
+    """A third party's plugin providing the pair (``fedplug_register_optimizer_modules``)."""
+
+    @hookimpl
+    def fedplug_register_optimizer_modules(self, register):
+        register(CountingClientModule.name, CountingClientModule)
+        register(CountingServerModule.name, CountingServerModule)
+
+
+def plugin_manager():
+    """Every installed plugin, and the counting pair's."""
+    pm = get_plugin_manager()
+    pm.register(CountingPlugin(), name="counting")
+    return pm
+
+
+def counted_nodes(n=3, pm=None):
+    """Nodes whose ``serve`` counts the requests they receive (``node.calls``)."""
     rng = np.random.default_rng(0)
     nodes = []
     for i in range(n):
         x = rng.normal(size=(40, 4))
         y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
-        node = Node(f"{TAG}-{i}", Dataset(x, y, tags=[TAG]))
+        node = Node(f"{TAG}-{i}", Dataset(x, y, tags=[TAG]), plugin_manager=pm)
         node.calls = []
 
-        def handle(payload, _node=node, _handle=node.handle):
+        def serve(payload, size=None, _node=node, _serve=node.serve):
             _node.calls.append(type(msg.decode(payload)).__name__)
-            return _handle(payload)
+            return _serve(payload, size)
 
-        node.handle = handle
+        node.serve = serve
         nodes.append(node)
     return nodes
 
@@ -143,6 +160,7 @@ def test_scaffold_with_secagg_is_refused_before_any_request():
     text = str(info.value)
     assert "module 'scaffold-client' on the node side (the training plan's optimizer)" in text
     assert "auxiliary variables ('scaffold')" in text
+    assert "comes from plugin 'fedplug.builtin.optimizers'" in text
     assert ALTERNATIVES in text
     assert all(node.calls == [] for node in nodes)
     # without secagg the same set-up is valid and runs
@@ -179,24 +197,25 @@ def test_a_node_side_aux_module_alone_is_refused_by_the_secagg_guard():
 
 
 def test_a_third_party_module_with_auxiliary_variables_is_refused_too():
-    assert Optimizer.available_modules()[CountingClientModule.name] is CountingClientModule
-    nodes = counted_nodes()
-    server = Optimizer(lr=1.0, modules=[CountingServerModule.name])
+    pm = plugin_manager()
+    assert Optimizer.available_modules(pm)[CountingClientModule.name] is CountingClientModule
+    nodes = counted_nodes(pm=pm)
+    server = Optimizer(lr=1.0, modules=[CountingServerModule.name], plugin_manager=pm)
     assert server.aux_modules == {"secagg-guard-test-counting": CountingServerModule.name}
     with pytest.raises(SecAggError) as info:
-        experiment(nodes, CountingPlan, agg_optimizer=server, secagg="masking")
+        experiment(nodes, CountingPlan, agg_optimizer=server, secagg="masking", plugin_manager=pm)
     text = str(info.value)
     assert (
         "optimizer module 'secagg-guard-test-counting-client' on the node side (the training "
         "plan's optimizer)" in text
     )
     assert "auxiliary variables ('secagg-guard-test-counting')" in text
+    assert "comes from plugin 'counting'" in text
     assert ALTERNATIVES in text
     assert all(node.calls == [] for node in nodes)
     # what the guard protects: without secagg, each node's variables reach the researcher
-    exp = experiment(
-        nodes, CountingPlan, agg_optimizer=Optimizer(lr=1.0, modules=[CountingServerModule.name])
-    )
+    server = Optimizer(lr=1.0, modules=[CountingServerModule.name], plugin_manager=pm)
+    exp = experiment(nodes, CountingPlan, agg_optimizer=server, plugin_manager=pm)
     exp.run_once()
     module = exp.agg_optimizer.declearn.modules[0]
     assert module.received.steps == 3 * 3.0  # summed over 3 nodes, 3 steps each
@@ -237,14 +256,14 @@ def test_a_node_refuses_a_secagg_request_carrying_auxiliary_variables():
     node = counted_nodes(1)[0]
     aux = pack_aux_vars({"scaffold": ScaffoldAuxVar(state=0.0)})
     request = secagg_train_request(msg.PlanRef(name="numpy-logreg"), aux)
-    reply = msg.decode(node.handle(request))
+    reply = msg.decode(b"".join(node.serve(request)))
     assert isinstance(reply, msg.ErrorReply)
     assert reply.error == "SecAggError"
     assert reply.message == (
         f"node '{TAG}-0' refuses a secure-aggregation request whose optimizer exchanges "
         "auxiliary variables (['scaffold']): secure aggregation cannot protect them"
     )
-    assert not node._secagg  # no scheme state was created, nothing was masked
+    assert not node._plugin_state  # no scheme state was created, nothing was masked
 
 
 def test_a_node_refuses_a_secagg_request_for_a_plan_with_an_aux_var_optimizer():
@@ -252,11 +271,12 @@ def test_a_node_refuses_a_secagg_request_for_a_plan_with_an_aux_var_optimizer():
     plan = ScaffoldPlan(MODEL_ARGS)
     ref = make_plan_ref(ScaffoldPlan, plan.dependencies, get_plugin_manager().training_plans)
     assert ref.source is not None  # shipped as source, run by the node
-    reply = msg.decode(node.handle(secagg_train_request(ref)))
+    reply = msg.decode(b"".join(node.serve(secagg_train_request(ref))))
     assert isinstance(reply, msg.ErrorReply)
     assert reply.error == "SecAggError"
     assert "exchanges auxiliary variables (['scaffold-client'])" in reply.message
-    assert not node._secagg
+    assert not node._plugin_state
+    assert all(s.trained_round is None for s in node._sessions.values())
 
 
 # -- the CLI ------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import pytest
 
 from fedplug import ConfigError, Experiment, NodeError, Optimizer, PluginError
 from fedplug import messages as msg
-from fedplug.demo import ALGORITHMS, PLANS, TAGS, demo_nodes
 from fedplug.errors import SecAggError
+from fedplug_demo.demo import ALGORITHMS, PLANS, TAGS, demo_nodes
 from fedplug_secagg import MaskingScheme, SecAggConfig
 
 
@@ -51,18 +51,18 @@ def assert_same_model(a, b):
 
 
 def break_node(exp, name, when, state=None):
-    """Make node ``name`` of ``exp`` vanish (its handle raises) on the requests ``when`` picks,
-    as long as ``state["broken"]`` (default: always)."""
+    """Make node ``name`` of ``exp`` vanish (its ``serve`` raises) on the requests ``when``
+    picks, as long as ``state["broken"]`` (default: always)."""
     node = exp.transport.nodes[name]
-    handle = node.handle
+    serve = node.serve
     state = {"broken": True} if state is None else state
 
-    def broken(payload):
+    def broken(payload, size=None):
         if state["broken"] and when(msg.decode(payload)):
             raise ConnectionResetError(f"{name} lost its connection")
-        return handle(payload)
+        return serve(payload, size)
 
-    node.handle = broken
+    node.serve = broken
     return state
 
 
@@ -110,12 +110,12 @@ def test_the_researcher_never_receives_clear_parameters():
     seen = []
     for node in exp.transport.nodes.values():
 
-        def spy(payload, _handle=node.handle):
-            reply = _handle(payload)
-            seen.append((msg.decode(payload), msg.decode(reply)))
+        def spy(payload, size=None, _serve=node.serve):
+            reply = _serve(payload, size)
+            seen.append((msg.decode(payload), msg.decode(b"".join(reply))))
             return reply
 
-        node.handle = spy
+        node.serve = spy
     exp.run()
     train = [(req, rep) for req, rep in seen if isinstance(rep, msg.TrainReply)]
     assert len(train) == 6  # 3 nodes x 2 rounds
@@ -237,12 +237,13 @@ def test_parameters_beyond_clip_fail_the_round_on_the_node_naming_the_parameter(
 
 
 def test_a_node_requiring_secagg_refuses_plain_training_and_accepts_secagg():
-    nodes = demo_nodes(3, 0, require_secagg=True)
+    nodes = demo_nodes(3, 0, settings={"require_secagg": True})
     plain = demo_experiment(nodes=nodes, rounds=1)
     with pytest.raises(NodeError, match="requires secure aggregation and refuses a plain") as info:
         plain.run_once()
     assert "secagg=True" in str(info.value)
-    assert all(not node._sessions for node in nodes)  # nothing was trained
+    # nothing was trained
+    assert all(s.trained_round is None for node in nodes for s in node._sessions.values())
     secure = demo_experiment(nodes=nodes, secagg=True, rounds=1)
     secure.run()
     assert secure.history[0]["nodes"] == ["hospital-1", "hospital-2", "hospital-3"]
@@ -250,7 +251,7 @@ def test_a_node_requiring_secagg_refuses_plain_training_and_accepts_secagg():
 
 def test_with_skip_a_plain_experiment_trains_without_the_nodes_that_require_secagg():
     nodes = demo_nodes(3, 0)
-    nodes[1].require_secagg = True
+    nodes[1].settings["require_secagg"] = True
     exp = demo_experiment(nodes=nodes, rounds=1, on_node_failure="skip")
     row = exp.run_once()
     assert row["nodes"] == ["hospital-1", "hospital-3"]
@@ -265,7 +266,7 @@ def test_secagg_settings_forms():
     config = SecAggConfig(clip=100.0, precision_bits=20, threshold=3)
     assert demo_experiment(secagg=config).secagg.config is config
     assert demo_experiment(secagg=False).secagg is None
-    with pytest.raises(PluginError, match="no secagg_schemes named 'paillier'"):
+    with pytest.raises(PluginError, match="no secagg schemes named 'paillier'"):
         demo_experiment(secagg="paillier")
     with pytest.raises(ConfigError, match="secagg must be True, a registered scheme name"):
         demo_experiment(secagg=42)

@@ -82,7 +82,7 @@ def _request(plan_cls, tags, params=None, training_args=None, experiment_id="exp
 
 
 def _reply(node, payload):
-    return msg.decode(node.handle(payload), (msg.TrainReply, msg.ErrorReply))
+    return msg.decode(b"".join(node.serve(payload)), (msg.TrainReply, msg.ErrorReply))
 
 
 def test_fedbiomed_style_plan_is_shipped_as_source_and_learns(make_nodes, tags):

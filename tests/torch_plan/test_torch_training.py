@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fedplug
 from fedplug.plan import TrainingArgs
+from fedplug.plugins import active
 from fedplug_torch import TorchAdapter, TorchTrainingPlan
 
 
@@ -399,8 +400,9 @@ def test_fedplug_optimizer_steps_a_torch_model_through_the_adapter_hook(task):
     pm = fedplug.get_plugin_manager()
     spy = _AdapterSpy()
     pm.register(spy, name="adapter-spy")
-    plan = FedplugAdamPlan()
-    plan.plugin_manager = pm
+    with active(pm):  # as a node does while it builds and trains a plan
+        plan = FedplugAdamPlan()
+    assert plan.optimizer.plugin_manager is pm
     data = _dataset(task, 200)
     before = plan.evaluate(data, _args())
 

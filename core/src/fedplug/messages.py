@@ -619,15 +619,21 @@ class _SlotDecoder(_Decoder):
 
 class _Filling:
     """Bytes of one array as they arrive: copied into a new array, or passed on to a sink in
-    whole elements (an element split across two chunks is joined first)."""
+    whole elements (an element split across two chunks is joined first). When the whole message
+    came in one piece (``raw``: its array section), an array without a sink is a view of it."""
 
-    def __init__(self, slot: ArraySlot, sink: Sink | None) -> None:
+    def __init__(self, slot: ArraySlot, sink: Sink | None, raw: memoryview | None) -> None:
         self.slot, self.sink = slot, sink
-        self.buffer = None if sink is not None else np.empty(slot.nbytes, np.uint8)
+        self.view = raw[slot.offset : slot.offset + slot.nbytes] if raw is not None else None
+        self.buffer = None
+        if sink is None and self.view is None:
+            self.buffer = np.empty(slot.nbytes, np.uint8)
         self.carry = b""
         self.emitted = 0
 
     def write(self, within: int, data: memoryview) -> None:
+        if self.sink is None and self.view is not None:
+            return  # the array is a view of the message
         if self.buffer is not None:
             self.buffer[within : within + len(data)] = np.frombuffer(data, np.uint8)
             return
@@ -652,7 +658,8 @@ class _Filling:
         self.emitted += values.size
 
     def array(self) -> np.ndarray:
-        arr = self.buffer.view(self.slot.dtype).reshape(self.slot.shape)
+        data = self.buffer if self.view is None else np.frombuffer(self.view, np.uint8)
+        arr = data.view(self.slot.dtype).reshape(self.slot.shape)
         _check_finite(arr, self.slot.path)
         arr.flags.writeable = False
         return arr
@@ -715,8 +722,13 @@ def _decode_stream(it: Iterator[Any], size: int, expected: Any, on_header: Any) 
     message = _decode_fields(decoder, cls, envelope["body"], cls.__name__)
     decoder.check_tiling()
     sinks = (on_header(message) if on_header is not None else None) or {}
+    # the whole message in its first piece: arrays without a sink are views of it, no copy
+    raw = rest[: decoder.raw_size] if len(rest) == decoder.raw_size else None
     fillings = sorted(
-        ((_Filling(slot, sinks.get(slot)), where, name) for slot, where, name in decoder.slots),
+        (
+            (_Filling(slot, sinks.get(slot), raw), where, name)
+            for slot, where, name in decoder.slots
+        ),
         key=lambda item: item[0].slot.offset,
     )
     pending = [item for item in fillings if item[0].slot.nbytes]

@@ -1,9 +1,12 @@
 """The node side: datasets found by tags, plan approval, and execution of train/evaluate requests.
 
-:meth:`Node.handle` takes request bytes and returns reply bytes; it never raises. Anything wrong,
-from malformed bytes to a plan that crashes, becomes an :class:`~fedplug.messages.ErrorReply` naming
-the problem, and the node keeps serving. A node keeps one session per experiment (the plan, its
-optimizer state and the data split), so node-side optimizer state persists across rounds.
+:meth:`Node.serve` is a node's one entry point: it takes a request's bytes (whole, or in pieces
+while they arrive) and returns the reply's; it never raises. Anything wrong, from malformed bytes
+to a plan that crashes, becomes an :class:`~fedplug.messages.ErrorReply` naming the problem, and
+the node keeps serving. What a request does is the ``fedplug_node_request`` hook's: core's built-in
+plugin trains and evaluates (:meth:`Node.train`, :meth:`Node.evaluate`); plugins serve their own
+requests and wrap the others. A node keeps one session per experiment (the plan, its optimizer
+state and the data split), so node-side optimizer state persists across rounds.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,21 +24,11 @@ import numpy as np
 
 from fedplug import messages as msg
 from fedplug.datasets import Dataset
-from fedplug.errors import ConfigError, FedplugError, NodeError, PlanError, SecAggError, describe
+from fedplug.errors import ConfigError, FedplugError, MessageError, NodeError, PlanError, describe
 from fedplug.optimizer import Optimizer, pack_aux_vars
 from fedplug.plan import TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import load_plan_class, source_hash
-from fedplug.plugins import FedplugPluginManager, get_plugin_manager
-from fedplug.secagg import SecAggNode
-
-# Nodes running in this process, for experiments that name only tags (the Fed-BioMed form).
-# A node runs from its creation until ``stop()``, like a node process would.
-_RUNNING: dict[int, Node] = {}
-
-
-def local_nodes() -> list[Node]:
-    """Nodes created in this process and not stopped, in creation order."""
-    return list(_RUNNING.values())
+from fedplug.plugins import FedplugPluginManager, active, get_plugin_manager
 
 
 @dataclass
@@ -58,11 +51,11 @@ class Node:
         (:meth:`approve_plan`); registered plans always run. Local simulations may leave it off.
     :param plugin_manager: where plans, dataset types and model adapters come from.
     :param max_sessions: experiments whose state the node keeps at once (oldest dropped first).
-    :param require_secagg: refuse to train for an experiment without secure aggregation (the
-        node's update would reach the researcher in clear).
-    :param limits: what a request may ask for (``fedplug.nodeconfig.NodeLimits``: max epochs,
+    :param settings: the administrator's settings for plugins, e.g. fedplug-secagg's
+        ``{"require_secagg": True}`` (refuse to train without secure aggregation).
+    :param limits: what a request may ask for (``fedplug_grpc.nodeconfig.NodeLimits``: max epochs,
         updates and batch size, the plugins whose registered plans may run); None: no limits.
-    :param plan_store: where approvals live (``fedplug.nodestore.NodeStore``): read on every
+    :param plan_store: where approvals live (``fedplug_grpc.nodestore.NodeStore``): read on every
         request, so an approval made with ``fedplug node plan approve`` applies at once, and a
         plan that arrives unapproved is recorded there for the administrator to review.
     :param approve_hint: how the refusal of an unapproved plan tells the administrator to approve
@@ -78,7 +71,7 @@ class Node:
         approved_plans: Iterable[str] = (),
         plugin_manager: FedplugPluginManager | None = None,
         max_sessions: int = 8,
-        require_secagg: bool = False,
+        settings: Mapping[str, Any] | None = None,
         limits: Any = None,
         plan_store: Any = None,
         approve_hint: str = "node.approve_plan({sha256!r})",
@@ -93,39 +86,42 @@ class Node:
         self.approved_plans: set[str] = set(approved_plans)
         self.pm = plugin_manager or get_plugin_manager()
         self.max_sessions = max_sessions
-        self.require_secagg = require_secagg
+        self.settings: dict[str, Any] = dict(settings or {})
         self.limits = limits
         self.plan_store = plan_store
         self.approve_hint = approve_hint
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self._secagg: OrderedDict[str, SecAggNode] = OrderedDict()
+        self._plugin_state: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._plan_classes: dict[str, type[TrainingPlan]] = {}
         self._lock = threading.Lock()
-        _RUNNING[id(self)] = self
+        self._prepared: tuple[Any, _Session | None, bool] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # What a worker process receives: data and settings; it builds its own plugin manager.
+        # What a worker process receives: data, settings and how to rebuild the same plugins.
         state = dict(self.__dict__)
-        for transient in ("pm", "_lock", "_sessions", "_plan_classes", "_secagg"):
+        for transient in ("pm", "_lock", "_sessions", "_plan_classes", "_plugin_state"):
             state.pop(transient)
+        state["_prepared"] = None
+        state["_plugins"] = self.pm.portable()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        plugins = state.pop("_plugins")
         self.__dict__.update(state)
-        self.pm = get_plugin_manager()
+        self.pm = plugins.rebuild()
         self._lock = threading.Lock()
         self._sessions = OrderedDict()
-        self._secagg = OrderedDict()
+        self._plugin_state = OrderedDict()
         self._plan_classes = {}
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, datasets={[d.name for d in self.datasets]})"
 
     def stop(self) -> None:
-        """Stop serving experiments that find nodes by tags, and drop experiment sessions."""
-        _RUNNING.pop(id(self), None)
-        self._sessions.clear()
-        self._secagg.clear()
+        """Drop every experiment's session and plugin state (plans, optimizer states, keys)."""
+        with self._lock:
+            self._sessions.clear()
+            self._plugin_state.clear()
 
     # -- administration -------------------------------------------------------------------------
     def add_dataset(self, dataset: Dataset) -> None:
@@ -152,48 +148,31 @@ class Node:
             "give the experiment tags that select exactly one",
         )
 
-    # -- request handling -----------------------------------------------------------------------
-    def handle(self, payload: bytes) -> bytes:
-        """Serve one request; always returns reply bytes."""
-        return msg.encode(self._serve(payload))
+    # -- serving requests -----------------------------------------------------------------------
+    def serve(
+        self, request: bytes | bytearray | memoryview | Iterable[Any], size: int | None = None
+    ) -> list[Any]:
+        """Serve one request and return its reply as buffers whose concatenation is the reply's
+        bytes (:func:`fedplug.messages.encode_parts`). Never raises.
 
-    def handle_buffer(self, payload: Any, allocate: Any = None) -> np.ndarray:
-        """:meth:`handle`, with the reply's bytes in a ``uint8`` array from ``allocate(size)``
-        (default: a new one); cheaper for large replies: :func:`fedplug.messages.encode_buffer`."""
-        return msg.encode_buffer(self._serve(payload), allocate)
-
-    def handle_stream(self, chunks: Iterable[Any], size: int, allocate: Any = None) -> np.ndarray:
-        """:meth:`handle_buffer` for a request of ``size`` bytes read from ``chunks`` while it
-        arrives, never held whole. The parameters of a training or evaluation request go
+        ``request`` is the request's bytes, or an iterable of its pieces (``size`` bytes in all)
+        read while they arrive: the parameters of a training or evaluation request then go
         straight into the plan's :meth:`~fedplug.plan.TrainingPlan.parameter_buffers` (when it
-        has them), checked finite piece by piece: no copy of the model is assembled.
+        has them), checked finite piece by piece, and no copy of the model is assembled.
 
-        Requests are served one at a time: the next one waits while this one arrives. If a
-        request turns out bad after some of its parameters were written (a NaN, a truncated
-        stream), the plan holds a mix of old and new values; every training or evaluation
-        request loads all of them again before they are used, so nothing reads the mix."""
-        with self._lock:
-            return msg.encode_buffer(self._serve_stream(chunks, size), allocate)
+        The reply's parameters are not copied: they are views of the plan's own
+        (:meth:`~fedplug.plan.TrainingPlan.parameter_views`), valid until this node serves its
+        next request; send them before. Requests are served one at a time. If a request turns
+        out bad after some of its parameters were written (a NaN, a truncated stream), the plan
+        holds a mix of old and new values; every training or evaluation request loads all of
+        them again before they are used, so nothing reads the mix."""
+        with self._lock, active(self.pm):
+            if isinstance(request, (bytes, bytearray, memoryview)):
+                size = memoryview(request).nbytes if size is None else size
+                request = (request,)
+            return msg.encode_parts(self._serve(request, size))
 
-    def serve_stream(self, chunks: Iterable[Any], size: int) -> list[Any]:
-        """:meth:`handle_stream`, with the reply as :func:`fedplug.messages.encode_parts`
-        buffers instead of one array: its parameters are not copied at all, they are views of
-        the plan's (:meth:`~fedplug.plan.TrainingPlan.parameter_views`). They stay valid until
-        this node serves its next request; send them before."""
-        with self._lock:
-            return msg.encode_parts(self._serve_stream(chunks, size))
-
-    def _serve(self, payload: Any) -> msg.Message:
-        ids: list[Any] = ["", -1]
-        try:
-            request = msg.decode(payload, _REQUESTS)
-            ids[:] = request.experiment_id, request.round_index
-            with self._lock:
-                return self._run(request)
-        except Exception as exc:
-            return self._failed(ids, exc)
-
-    def _serve_stream(self, chunks: Iterable[Any], size: int) -> msg.Message:
+    def _serve(self, chunks: Iterable[Any], size: int | None) -> msg.Message:
         ids: list[Any] = ["", -1]
         prepared: list[Any] = [None, False]  # the request's session; its parameters loaded?
 
@@ -202,19 +181,21 @@ class Node:
             return self._param_sinks(request, prepared)
 
         try:
-            request = msg.decode_stream(chunks, size, _REQUESTS, on_header=on_header)
-            return self._run(request, *prepared)
+            if not isinstance(size, int):
+                raise MessageError(f"a request in pieces needs its size in bytes, got {size!r}")
+            request = msg.decode_stream(chunks, size, on_header=on_header)
+            self._prepared = (request, *prepared)
+            reply = self.pm.hook.fedplug_node_request(node=self, request=request)
+            if reply is None:
+                raise MessageError(
+                    f"node {self.name!r} serves no {type(request).__name__}: no installed plugin "
+                    "handles it"
+                )
+            return reply
         except Exception as exc:
             return self._failed(ids, exc)
-
-    def _run(self, request: Any, session: _Session | None = None, loaded: bool = False) -> Any:
-        """Serve a decoded request (lock held), given its ``session`` if it was prepared while
-        the request arrived, and whether its parameters were ``loaded`` into the plan then."""
-        if isinstance(request, msg.TrainRequest):
-            return self._train(request, session, loaded)
-        if isinstance(request, msg.SecAggRequest):
-            return self._secagg_step(request)
-        return self._evaluate(request, session, loaded)
+        finally:
+            self._prepared = None
 
     def _failed(self, ids: list[Any], exc: Exception) -> msg.ErrorReply:
         if isinstance(exc, FedplugError):
@@ -227,7 +208,7 @@ class Node:
         if isinstance(request, msg.TrainRequest):
             session = self._prepare_train(request)
         elif isinstance(request, msg.EvaluateRequest):
-            session = self._session(request)
+            session = self.session(request)
         else:
             return None
         prepared[0] = session
@@ -241,6 +222,25 @@ class Node:
             return None
         prepared[1] = True
         return {slot: _writer(buffers[name]) for name, slot in request.params.items()}
+
+    def _prepared_for(self, request: Any) -> tuple[_Session | None, bool]:
+        """The session prepared while ``request`` arrived, and whether its parameters are
+        already in the plan."""
+        if self._prepared is not None and self._prepared[0] is request:
+            return self._prepared[1], self._prepared[2]
+        return None, False
+
+    def plugin_state(self, experiment_id: str) -> dict[str, Any]:
+        """A dict where plugins keep what they need per experiment on this node (e.g.
+        fedplug-secagg's keys). The node keeps the last ``max_sessions`` experiments' and drops
+        them all on :meth:`stop`."""
+        state = self._plugin_state.get(experiment_id)
+        if state is None:
+            state = self._plugin_state[experiment_id] = {}
+            while len(self._plugin_state) > self.max_sessions:
+                self._plugin_state.popitem(last=False)
+        self._plugin_state.move_to_end(experiment_id)
+        return state
 
     def _error(self, experiment_id: str, round_index: int, exc: FedplugError) -> msg.ErrorReply:
         text = exc.detail if isinstance(exc, NodeError) else str(exc)
@@ -300,14 +300,18 @@ class Node:
                 )
         if limits.allowed_plugins is not None and request.plan.name is not None:
             owner = self.pm.training_plans.owner(request.plan.name)
-            if owner not in limits.allowed_plugins:
+            dist = self.pm.distribution(owner)
+            if owner not in limits.allowed_plugins and dist not in limits.allowed_plugins:
                 raise NodeError(
                     self.name,
-                    f"training plan {request.plan.name!r} comes from plugin {owner!r}, which this "
-                    f"node does not allow (allowed_plugins = {list(limits.allowed_plugins)})",
+                    f"training plan {request.plan.name!r} comes from plugin {owner!r} "
+                    f"(distribution {dist}), which this node does not allow (allowed_plugins = "
+                    f"{list(limits.allowed_plugins)}: plugin or distribution names)",
                 )
 
-    def _session(self, request: msg.TrainRequest | msg.EvaluateRequest) -> _Session:
+    def session(self, request: msg.TrainRequest | msg.EvaluateRequest) -> _Session:
+        """The session of ``request``'s experiment: its plan, training arguments and data split,
+        made on the experiment's first request (checking this node's limits and approvals)."""
         session = self._sessions.get(request.experiment_id)
         if session is not None:
             if request.plan.name is None and self.approval:
@@ -319,7 +323,6 @@ class Node:
         plan_cls = self._plan_class(request.plan)
         dataset = self.find_dataset(request.tags)
         plan = plan_cls(request.model_args)  # its initial weights are replaced by the global ones
-        plan.plugin_manager = self.pm
         train, test = dataset.split(args.test_ratio, args.seed)
         if len(train) == 0:
             raise NodeError(self.name, f"dataset {dataset.name!r} has no training samples")
@@ -349,63 +352,18 @@ class Node:
                 f"(missing {missing}, unexpected {extra}, mismatched {wrong})",
             )
 
-    def _secagg_node(self, experiment_id: str, scheme: str, create: bool) -> SecAggNode:
-        state = self._secagg.get(experiment_id)
-        if state is None:
-            if not create:
-                raise SecAggError(
-                    f"node {self.name!r} has no secure-aggregation keys for experiment "
-                    f"{experiment_id!r}; the researcher must run the scheme's key exchange first"
-                )
-            state = self.pm.secagg_schemes[scheme].node_side(self.name, experiment_id)
-            self._secagg[experiment_id] = state
-            while len(self._secagg) > self.max_sessions:
-                self._secagg.popitem(last=False)
-        self._secagg.move_to_end(experiment_id)
-        return state
-
-    def _secagg_step(self, request: msg.SecAggRequest) -> msg.SecAggReply:
-        state = self._secagg_node(request.experiment_id, request.data.scheme, create=True)
-        return msg.SecAggReply(
-            experiment_id=request.experiment_id,
-            round_index=request.round_index,
-            node=self.name,
-            data=state.handle(request.round_index, request.data),
-        )
-
-    def _check_secagg(self, request: msg.TrainRequest, optimizer: Any) -> None:
-        """Refuse what secure aggregation cannot protect, before any training."""
-        if request.secagg is None:
-            if self.require_secagg:
-                raise SecAggError(
-                    f"node {self.name!r} requires secure aggregation and refuses a plain training "
-                    "request; run the experiment with secagg=True"
-                )
-            return
-        aux = sorted(request.aux_vars) or (
-            optimizer.module_names
-            if isinstance(optimizer, Optimizer) and optimizer.aux_modules
-            else []
-        )
-        if aux:
-            raise SecAggError(
-                f"node {self.name!r} refuses a secure-aggregation request whose optimizer "
-                f"exchanges auxiliary variables ({aux}): secure aggregation cannot protect them"
-            )
-
     def _prepare_train(self, request: msg.TrainRequest) -> _Session:
         """What a training request needs before its parameters are loaded."""
-        if request.secagg is None and self.require_secagg:
-            self._check_secagg(request, None)
-        session = self._session(request)
-        self._check_secagg(request, session.plan.node_optimizer())
+        session = self.session(request)
         self._rewind(session, request.round_index)
         return session
 
-    def _train(
-        self, request: msg.TrainRequest, session: _Session | None = None, loaded: bool = False
-    ) -> msg.TrainReply:
+    def train(self, request: msg.TrainRequest) -> msg.TrainReply:
+        """Train the request's parameters on the dataset its tags select (core's
+        ``fedplug_node_request``; call it through :meth:`serve`). The reply's parameters are
+        views of the plan's."""
         start = time.perf_counter()
+        session, loaded = self._prepared_for(request)
         if session is None:
             session = self._prepare_train(request)
         if not loaded:
@@ -429,23 +387,16 @@ class Node:
                     "no auxiliary variables to send; give the node training data and steps"
                 )
             aux_vars = pack_aux_vars(optimizer.collect_aux_var())
-        params = session.plan.parameter_views()  # encoded by handle() before any change
-        masked = None
-        if request.secagg is not None:
-            state = self._secagg_node(request.experiment_id, request.secagg.scheme, create=False)
-            masked = state.mask(request.round_index, request.secagg, params, result.n_samples)
-            params = {}
         return msg.TrainReply(
             experiment_id=request.experiment_id,
             round_index=request.round_index,
             node=self.name,
-            params=params,
+            params=session.plan.parameter_views(),  # encoded by serve() before any change
             n_samples=result.n_samples,
             n_steps=result.n_steps,
             train_loss=float(result.loss),
             duration_s=time.perf_counter() - start,
             aux_vars=aux_vars,
-            secagg=masked,
         )
 
     @staticmethod
@@ -487,12 +438,13 @@ class Node:
             optimizer.process_aux_var(optimizer.unpack_aux_vars(aux_vars))
         return optimizer
 
-    def _evaluate(
-        self, request: msg.EvaluateRequest, session: _Session | None = None, loaded: bool = False
-    ) -> msg.EvaluateReply:
+    def evaluate(self, request: msg.EvaluateRequest) -> msg.EvaluateReply:
+        """Evaluate the request's parameters on the held-out split of the dataset its tags
+        select (core's ``fedplug_node_request``; call it through :meth:`serve`)."""
         start = time.perf_counter()
+        session, loaded = self._prepared_for(request)
         if session is None:
-            session = self._session(request)
+            session = self.session(request)
         metrics: dict[str, float] = {}
         n_samples = 0
         if session.test is not None:
@@ -509,9 +461,6 @@ class Node:
             n_samples=n_samples,
             duration_s=time.perf_counter() - start,
         )
-
-
-_REQUESTS = (msg.TrainRequest, msg.EvaluateRequest, msg.SecAggRequest)
 
 
 def _writer(target: np.ndarray) -> msg.Sink:

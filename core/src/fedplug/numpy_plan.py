@@ -100,7 +100,7 @@ class LogisticRegressionPlan(TrainingPlan):
         for index in batch_indices(len(x), args, rng):
             losses.append(self.model.loss_and_grad(x[index], y[index]))
             if isinstance(optimizer, Optimizer):
-                optimizer.step(self.model, self.plugin_manager)
+                optimizer.step(self.model)
             else:
                 for name, grad in self.model.grads.items():
                     self.model.params[name] -= lr * grad

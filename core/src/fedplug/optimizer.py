@@ -16,56 +16,23 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedplug.errors import ConfigError, MessageError
+from fedplug.adapter import ModelAdapter, NumpyAdapter
+from fedplug.errors import ConfigError, MessageError, PluginError
 from fedplug.messages import AuxVarData
+from fedplug.plugins import FedplugPluginManager, current_plugin_manager, optimizer_kind
 
 if TYPE_CHECKING:
     from fedplug.plan import Params
-    from fedplug.plugins import FedplugPluginManager
 
-Spec = Any  # a declearn instance, a registry name, or a (name, config) pair
+__all__ = ["ModelAdapter", "NumpyAdapter", "Optimizer", "available", "pack_aux_vars"]
 
+Spec = Any  # a declearn instance, a registered name, or a (name, config) pair
 
-class ModelAdapter(Protocol):
-    """What ``fedplug_model_adapter`` returns: the view of a model that declearn steps."""
-
-    def get_weights(self, trainable: bool = True) -> Any:
-        """A copy of the model's trainable weights as a declearn ``Vector``."""
-
-    def apply_updates(self, updates: Any) -> None:
-        """Add a declearn ``Vector`` of updates to the weights, in place."""
-
-    def gradients(self) -> Any:
-        """The gradients of the last backward pass, as a declearn ``Vector``."""
-
-
-class NumpyAdapter:
-    """Adapter over a dict of numpy arrays (core's numpy plans and the researcher's global model)."""
-
-    def __init__(self, params: Params, grads: Params | None = None) -> None:
-        self.params = params
-        self.grads = grads
-
-    def get_weights(self, trainable: bool = True) -> Any:
-        from declearn.model.sklearn import NumpyVector
-
-        # copies: regularizers such as FedProx keep the weights of the round's start as anchors
-        return NumpyVector({name: value.copy() for name, value in self.params.items()})
-
-    def apply_updates(self, updates: Any) -> None:
-        for name, update in updates.coefs.items():
-            self.params[name] += update
-
-    def gradients(self) -> Any:
-        from declearn.model.sklearn import NumpyVector
-
-        if self.grads is None:
-            raise ConfigError("this numpy model has no gradients yet; run a backward pass first")
-        return NumpyVector(self.grads)
+_KINDS = {"module": "modules", "regularizer": "regularizers", "scheduler": "schedulers"}
 
 
 def pack_aux_vars(aux_vars: dict[str, Any]) -> dict[str, AuxVarData]:
@@ -132,17 +99,43 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _registry(kind: str) -> dict[str, type]:
-    from declearn import optimizer as dl
+def available(kind: str, plugin_manager: FedplugPluginManager | None = None) -> dict[str, type]:
+    """The registered declearn plug-ins of ``kind`` (``"module"``, ``"regularizer"`` or
+    ``"scheduler"``) by name, from ``fedplug_register_optimizer_modules``: core's declearn names
+    and those of installed plugins. Resolving them imports them (and declearn)."""
+    registry = (plugin_manager or current_plugin_manager()).optimizer_modules
+    found = {}
+    for name in registry:
+        try:
+            cls = registry[name]
+        except PluginError:
+            continue  # a broken entry is reported when it is used by name
+        if optimizer_kind(cls) == kind:
+            found[name] = cls
+    return found
 
-    return {
-        "module": dl.list_optim_modules,
-        "regularizer": dl.list_optim_regularizers,
-        "scheduler": dl.list_rate_schedulers,
-    }[kind]()
+
+def _resolve(kind: str, name: str, pm: FedplugPluginManager) -> type:
+    """The declearn class registered as ``name``, checked to be a plug-in of ``kind``."""
+    registry = pm.optimizer_modules
+    if name not in registry:
+        names = ", ".join(sorted(available(kind, pm)))
+        raise ConfigError(
+            f"unknown optimizer {kind} {name!r}; available: {names}. A third-party {kind} comes "
+            "from an installed plugin (fedplug_register_optimizer_modules); `fedplug optimizers` "
+            "lists every name, `fedplug plugins` which plugin provides it"
+        )
+    cls = registry[name]
+    actual = optimizer_kind(cls)
+    if actual != kind:
+        raise ConfigError(
+            f"optimizer {actual} {name!r} was given as a {kind}; give it in "
+            f"{_KINDS[actual]}=[...] instead"
+        )
+    return cls
 
 
-def _parse(kind: str, base: type, specs: Sequence[Spec]) -> list[Any]:
+def _parse(kind: str, base: type, specs: Sequence[Spec], pm: FedplugPluginManager) -> list[Any]:
     """Instantiate declearn plug-ins from instances, names or (name, config) pairs."""
     if isinstance(specs, str) or (
         isinstance(specs, tuple) and len(specs) == 2 and isinstance(specs[1], dict)
@@ -167,12 +160,7 @@ def _parse(kind: str, base: type, specs: Sequence[Spec]) -> list[Any]:
                 f"an optimizer {kind} must be a declearn instance, a name or a (name, config) pair, "
                 f"got {spec!r}"
             )
-        available = _registry(kind)
-        if name not in available:
-            raise ConfigError(
-                f"unknown optimizer {kind} {name!r}; available: {', '.join(sorted(available))}"
-            )
-        cls = available[name]
+        cls = _resolve(kind, name, pm)
         try:
             out.append(cls.from_config(dict(config)))
         except (TypeError, ValueError, KeyError) as exc:
@@ -184,7 +172,7 @@ def _parse(kind: str, base: type, specs: Sequence[Spec]) -> list[Any]:
     return out
 
 
-def _parse_rate(what: str, value: Any) -> Any:
+def _parse_rate(what: str, value: Any, pm: FedplugPluginManager) -> Any:
     if isinstance(value, bool):
         raise ConfigError(f"optimizer {what} must be a number or a scheduler, got {value!r}")
     if isinstance(value, (int, float)):
@@ -193,7 +181,7 @@ def _parse_rate(what: str, value: Any) -> Any:
         return float(value)
     from declearn.optimizer.schedulers import Scheduler
 
-    return _parse("scheduler", Scheduler, [value])[0]
+    return _parse("scheduler", Scheduler, [value], pm)[0]
 
 
 class Optimizer:
@@ -202,9 +190,12 @@ class Optimizer:
     :param lr: learning rate (float), or a declearn scheduler (instance or ``(name, config)``).
     :param decay: decoupled weight-decay rate (float or scheduler).
     :param modules: gradient-transform modules applied in order: declearn ``OptiModule``
-        instances, registry names (``"adam"``) or ``(name, config)`` pairs
+        instances, registered names (``"adam"``) or ``(name, config)`` pairs
         (``("momentum", {"beta": 0.9})``). :meth:`available_modules` lists the names.
     :param regularizers: loss regularizers (``"fedprox"``, ``"lasso"``, ``"ridge"``), same forms.
+    :param plugin_manager: where names are resolved (``fedplug_register_optimizer_modules``) and
+        model adapters found; by default the active one (the node's or the experiment's, when
+        a plan builds its optimizer), else one with every installed plugin.
     """
 
     def __init__(
@@ -213,11 +204,14 @@ class Optimizer:
         decay: Any = 0.0,
         modules: Sequence[Spec] = (),
         regularizers: Sequence[Spec] = (),
+        *,
+        plugin_manager: FedplugPluginManager | None = None,
     ) -> None:
         from declearn.optimizer import Optimizer as DeclearnOptimizer
         from declearn.optimizer.modules import OptiModule
         from declearn.optimizer.regularizers import Regularizer
 
+        pm = plugin_manager or current_plugin_manager()
         #: regularizers given by bare name, i.e. with their default settings
         self.implicit_regularizers = [
             spec if isinstance(spec, str) else spec[0]
@@ -226,18 +220,31 @@ class Optimizer:
             or (isinstance(spec, (tuple, list)) and len(spec) == 2 and not spec[1])
         ]
         self._optim = DeclearnOptimizer(
-            lrate=_parse_rate("lr", lr),
-            w_decay=_parse_rate("decay", decay),
-            modules=_parse("module", OptiModule, modules),
-            regularizers=_parse("regularizer", Regularizer, regularizers),
+            lrate=_parse_rate("lr", lr, pm),
+            w_decay=_parse_rate("decay", decay, pm),
+            modules=_parse("module", OptiModule, modules, pm),
+            regularizers=_parse("regularizer", Regularizer, regularizers, pm),
         )
+        self._pm: FedplugPluginManager | None = pm
         self._adapters: dict[int, Any] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a plugin manager does not travel; the receiving process's active one is used there
+        return {**self.__dict__, "_pm": None, "_adapters": {}}
+
+    @property
+    def plugin_manager(self) -> FedplugPluginManager:
+        if self._pm is None:
+            self._pm = current_plugin_manager()
+        return self._pm
+
     @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> Optimizer:
+    def from_dict(
+        cls, spec: dict[str, Any], plugin_manager: FedplugPluginManager | None = None
+    ) -> Optimizer:
         """Build from a JSON-like dict ``{"lr": ..., "decay": ..., "modules": [...],
         "regularizers": [...]}`` (``[name, config]`` lists stand for pairs), as found in
-        ``model_args`` that travel to nodes."""
+        ``model_args`` that travel to nodes and in checkpoints."""
         if not isinstance(spec, dict):
             raise ConfigError(f"an optimizer spec must be a dict, got {spec!r}")
         unknown = sorted(set(spec) - {"lr", "decay", "modules", "regularizers"})
@@ -255,23 +262,28 @@ class Optimizer:
             decay=spec.get("decay", 0.0),
             modules=pairs(spec.get("modules", [])),
             regularizers=pairs(spec.get("regularizers", [])),
+            plugin_manager=plugin_manager,
         )
 
     # -- what exists ----------------------------------------------------------------------------
     @staticmethod
-    def available_modules() -> dict[str, type]:
-        """declearn ``OptiModule`` classes by registry name (including third-party ones)."""
-        return _registry("module")
+    def available_modules(plugin_manager: FedplugPluginManager | None = None) -> dict[str, type]:
+        """declearn ``OptiModule`` classes by registered name (core's and installed plugins')."""
+        return available("module", plugin_manager)
 
     @staticmethod
-    def available_regularizers() -> dict[str, type]:
-        """declearn ``Regularizer`` classes by registry name."""
-        return _registry("regularizer")
+    def available_regularizers(
+        plugin_manager: FedplugPluginManager | None = None,
+    ) -> dict[str, type]:
+        """declearn ``Regularizer`` classes by registered name."""
+        return available("regularizer", plugin_manager)
 
     @staticmethod
-    def available_schedulers() -> dict[str, type]:
-        """declearn learning-rate ``Scheduler`` classes by registry name."""
-        return _registry("scheduler")
+    def available_schedulers(
+        plugin_manager: FedplugPluginManager | None = None,
+    ) -> dict[str, type]:
+        """declearn learning-rate ``Scheduler`` classes by registered name."""
+        return available("scheduler", plugin_manager)
 
     # -- introspection --------------------------------------------------------------------------
     @property
@@ -300,7 +312,7 @@ class Optimizer:
 
     def set_lr(self, lr: float) -> None:
         """Use a constant learning rate ``lr`` from now on, keeping module states (moments...)."""
-        lr = _parse_rate("lr", lr)
+        lr = _parse_rate("lr", lr, self.plugin_manager)
         config = self._optim.get_config()
         if config["lrate"] == lr:
             return
@@ -317,11 +329,8 @@ class Optimizer:
         """The adapter of ``model`` from the ``fedplug_model_adapter`` hook (cached per model)."""
         key = id(model)
         if key not in self._adapters:
-            if plugin_manager is None:
-                from fedplug.plugins import get_plugin_manager
-
-                plugin_manager = get_plugin_manager()
-            self._adapters = {key: (model, plugin_manager.model_adapter(model))}
+            pm = plugin_manager or self.plugin_manager
+            self._adapters = {key: (model, pm.model_adapter(model))}
         return self._adapters[key][1]
 
     def start_round(self) -> None:

@@ -18,7 +18,6 @@ from fedplug.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedplug.datasets import Dataset
-    from fedplug.plugins import FedplugPluginManager
 
 Params = dict[str, np.ndarray]
 
@@ -156,8 +155,6 @@ class TrainingPlan:
         self.model_args: dict[str, Any] = dict(model_args or {})
         self._dependencies: list[str] = []
         self.optimizer: Any = None
-        #: Set by the node or experiment that builds the plan; used to find model adapters.
-        self.plugin_manager: FedplugPluginManager | None = None
 
     @classmethod
     def init_seed(cls, seed: int | None) -> None:

@@ -18,17 +18,43 @@ import contextlib
 import multiprocessing as mp
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
+from typing import Any
 
 from fedplug.errors import ConfigError, NodeError
 from fedplug.node import Node
 
 
+def local_transport(
+    *,
+    nodes: Sequence[Node] | Node | None,
+    tags: list[str],
+    min_nodes: int,
+    workers: int | None = None,
+    processes: bool = False,
+) -> LocalTransport:
+    """The ``local`` transport's factory (``Experiment(nodes=[...], transport="local",
+    transport_options={"workers": 2, "processes": True})``)."""
+    if nodes is None:
+        raise ConfigError(
+            "the local transport serves in-process nodes: pass nodes=[Node(...), ...] (or a "
+            "LocalTransport of them), or choose a transport whose nodes connect on their own, "
+            "e.g. transport='grpc'"
+        )
+    if isinstance(nodes, Node):
+        nodes = [nodes]
+    if not isinstance(nodes, (list, tuple)):
+        raise ConfigError(f"nodes must be a list of Node objects or a transport, got {nodes!r}")
+    return LocalTransport(nodes, workers, processes)
+
+
 class LocalTransport:
-    """Delivers requests to :class:`Node` objects on this machine.
+    """Delivers requests to :class:`Node` objects on this machine: an explicit local federation,
+    which an experiment is given as ``nodes`` (several experiments may share one; its maker
+    closes it).
 
     Nodes train in parallel, but replies are yielded in the order of the ``nodes`` argument, so
     that aggregation sums in the same order every run: the same seed gives the same model, bit
@@ -57,14 +83,19 @@ class LocalTransport:
         default = (os.cpu_count() or 1) if processes else 1
         self.workers = min(workers or default, max(len(self.nodes), 1))
         self.processes = processes
+        if processes:  # plugins registered in this process only must reach the workers
+            for node in self.nodes.values():
+                node.pm.portable()
         self._pool: ThreadPoolExecutor | None = None
         self._procs: list[_WorkerProcess] = []
 
     def node_tags(self) -> dict[str, list[list[str]]]:
         return {name: node.tags() for name, node in self.nodes.items()}
 
+    streams_replies = False
+
     def dispatch(
-        self, payload: bytes, nodes: list[str]
+        self, payload: bytes | list[Any], nodes: list[str]
     ) -> Iterator[tuple[str, bytes | BaseException]]:
         if not isinstance(payload, bytes):  # a message's parts (messages.encode_parts)
             payload = b"".join(payload)
@@ -170,7 +201,14 @@ class LocalTransport:
                 if value is None:
                     os.environ.pop(var, None)
 
+    def __enter__(self) -> LocalTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Stop the threads and worker processes (the nodes themselves stay usable)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -214,11 +252,11 @@ def _worker_main(conn: Connection, nodes: list[Node]) -> None:
         if not data:
             return
         name, payload = _unframe(data)
-        conn.send_bytes(_frame(name, by_name[name].handle(payload)))
+        conn.send_bytes(_frame(name, b"".join(by_name[name].serve(payload))))
 
 
 def _serve(node: Node, payload: bytes) -> bytes | BaseException:
     try:
-        return node.handle(payload)
+        return b"".join(node.serve(payload))
     except BaseException as exc:  # the node vanished (it never raises on bad input)
         return exc

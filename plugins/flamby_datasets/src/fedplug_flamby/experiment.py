@@ -100,12 +100,12 @@ def flamby_federation(
     accept_license: bool = False,
     wait_timeout: float = 180.0,
 ) -> Iterator[Any]:
-    """The centers as a real deployment on loopback (:func:`fedplug.deploy.local_deployment`):
+    """The centers as a real deployment on loopback (:func:`fedplug_grpc.deploy.local_deployment`):
     one ``fedplug node start`` process per center (``center0``, ...), each with its
     ``node.toml``, SQLite registry holding its ``flamby`` dataset, and credential, connected
     over TLS. Yields the researcher's transport once every center is connected; stops the
     processes on exit, also when interrupted."""
-    from fedplug.deploy import NodeSpec, local_deployment
+    from fedplug_grpc.deploy import NodeSpec, local_deployment
 
     module = dataset_module(dataset)
     centers = list(range(int(module.NUM_CLIENTS))) if centers is None else list(centers)

@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fedplug.errors import ConfigError, MessageError, SecAggError
-from fedplug.messages import SecAggData
-from fedplug.plan import Params
-from fedplug.secagg import Exchange, SecAggNode, SecAggScheme
+from fedplug.errors import AggregationError, ConfigError, MessageError, NodeError, SecAggError
+from fedplug.messages import SecAggData, TrainReply
+from fedplug.plan import Params, params_spec
+from fedplug.secagg import SecAggNode, SecAggScheme
 from fedplug_secagg import crypto
+
+#: ``exchange(data, nodes)``: a step of the scheme sent to ``nodes``; their answers and failures
+Exchange = Callable[[SecAggData, list[str]], tuple[dict[str, SecAggData], dict[str, str]]]
 
 SCHEME = "masking"
 _MIN_SAMPLES = 2**16  # settings must leave room for at least this many training samples
@@ -344,6 +348,8 @@ class MaskingScheme(SecAggScheme):
             raise ConfigError(f"the masking scheme takes a SecAggConfig, got {config!r}")
         super().__init__(config)
         self.config: SecAggConfig = config
+        #: why nodes dropped out of the current round's secure-aggregation steps (node -> reason)
+        self.failures: dict[str, str] = {}
         self.participants: list[str] = []  # of the current round, once begin_round ran
         self.threshold: int | None = None
         self.dropped: list[str] = []  # nodes whose masks the last result() removed
@@ -351,6 +357,39 @@ class MaskingScheme(SecAggScheme):
     @classmethod
     def node_side(cls, node: str, experiment_id: str) -> MaskingNode:
         return MaskingNode(node, experiment_id)
+
+    def run_round(self, round: Any) -> Params:
+        """The round's training under the scheme: key exchange among the selected nodes,
+        training requests carrying the round's context, masked replies summed as they arrive,
+        then unmasking (recovering from nodes that dropped out)."""
+        nodes, context = self.begin_round(
+            round.experiment_id, round.index, round.nodes, round.spec, round.exchange
+        )
+        for node in round.nodes:
+            if node not in nodes:
+                reason = self.failures.get(node, "no reason given")
+                round.fail(node, f"dropped out of the secure-aggregation set-up: {reason}")
+
+        def fold(node: str, reply: TrainReply) -> None:
+            if reply.secagg is None or reply.params:
+                raise MessageError(
+                    f"node {node!r} replied without a masked update to a secure-aggregation request"
+                )
+            try:
+                self.add(node, reply.n_samples, reply.secagg)
+            except (SecAggError, MessageError, AggregationError) as exc:
+                raise NodeError(node, f"{type(exc).__name__}: {exc}") from None
+
+        round.train(nodes, fold, secagg=context)
+        average = self.result(round.index, round.exchange)
+        if params_spec(average) != round.spec:
+            raise SecAggError(
+                f"secure aggregation returned parameters {params_spec(average)}, expected "
+                f"{round.spec}; the global model is unchanged"
+            )
+        for node, reason in self.failures.items():
+            round.fail(node, f"secure aggregation: {reason}")
+        return average
 
     def begin_round(
         self,

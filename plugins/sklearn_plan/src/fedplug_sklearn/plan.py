@@ -286,7 +286,7 @@ class SklearnTrainingPlan(TrainingPlan):
             if args.lr is not None:
                 optimizer.set_lr(args.lr)
             optimizer.start_round()
-            adapter = optimizer.adapter(self.model, self.plugin_manager)
+            adapter = optimizer.adapter(self.model)
         elif args.lr is not None:
             constant = {} if isinstance(self.model, Perceptron) else {"learning_rate": "constant"}
             self.model.set_params(eta0=args.lr, **constant)
@@ -296,7 +296,7 @@ class SklearnTrainingPlan(TrainingPlan):
             xb, yb = x[index], y[index]
             if isinstance(optimizer, Optimizer):
                 losses.append(adapter.backward(xb, yb))
-                optimizer.step(self.model, self.plugin_manager)
+                optimizer.step(self.model)
             else:
                 losses.append(adapter.loss(xb, yb))
                 self.model.partial_fit(xb, yb, **fit_kwargs)

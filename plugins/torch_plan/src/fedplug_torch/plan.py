@@ -243,7 +243,7 @@ class TorchTrainingPlan(TrainingPlan):
                 raise PlanError(f"training_step must return a scalar tensor, got {loss!r}")
             loss.backward()
             if declearn_step:
-                optimizer.step(model, self.plugin_manager)
+                optimizer.step(model)
             else:
                 optimizer.step()
             total += loss.detach()

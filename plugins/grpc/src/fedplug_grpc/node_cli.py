@@ -1,9 +1,9 @@
 """The ``fedplug node`` commands: set up and start a node, manage its datasets and plan approvals.
 
-Wire them into a command line with :func:`add_node_commands` (given what
-``parser.add_subparsers(dest="command", ...)`` returned), then ``args = parser.parse_args(argv)``
-and ``return args.func(args)``: every command sets ``func``, which returns an exit code and reports
-a :class:`~fedplug.errors.FedplugError` as ``fedplug node: error: ...`` on stderr with code 2.
+fedplug-grpc registers the command (``fedplug_register_commands``) with :func:`node_command`,
+which builds the ``node`` parser it is given: every sub-command sets ``func``, which returns an
+exit code and reports a :class:`~fedplug.errors.FedplugError` as ``fedplug node: error: ...`` on
+stderr with code 2.
 
 ``--config`` defaults to ``$FEDPLUG_NODE_CONFIG``, else ``node.toml`` in the current directory.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedplug.errors import ConfigError, FedplugError, PluginError
-from fedplug.nodestore import PLAN_STATUSES, DatasetRecord, NodeStore, validate_dataset
+from fedplug_grpc.nodestore import PLAN_STATUSES, DatasetRecord, NodeStore, validate_dataset
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -130,8 +130,8 @@ def check_loader_options(
 # -- the parser -------------------------------------------------------------------------------
 
 
-def add_node_commands(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``node`` and its sub-commands to ``subparsers`` (an ``add_subparsers`` action)."""
+def node_command(node: argparse.ArgumentParser) -> Handler:
+    """run a hospital's node; manage its datasets and training-plan approvals"""
     config = argparse.ArgumentParser(add_help=False)
     config.add_argument(
         "--config",
@@ -139,11 +139,7 @@ def add_node_commands(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="node config file (default: $FEDPLUG_NODE_CONFIG, else ./node.toml)",
     )
-    node = subparsers.add_parser(
-        "node",
-        help="run a hospital's node; manage its datasets and training-plan approvals",
-        description="Run a node and manage its datasets and training-plan approvals.",
-    )
+    node.description = "Run a node and manage its datasets and training-plan approvals."
     node.set_defaults(func=_usage(node))
     commands = node.add_subparsers(dest="node_command", metavar="COMMAND")
 
@@ -209,7 +205,7 @@ def add_node_commands(subparsers: Any) -> argparse.ArgumentParser:
         decide.add_argument("ref", metavar="REF", help="hash or unique prefix (8+ hex digits)")
         decide.add_argument("--note", default="", help="why (kept with the decision)")
         decide.set_defaults(func=func)
-    return node
+    return lambda args: args.func(args)
 
 
 def _usage(parser: argparse.ArgumentParser) -> Handler:
@@ -240,14 +236,14 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def _store(args: argparse.Namespace) -> NodeStore:
-    from fedplug.nodeconfig import node_database
+    from fedplug_grpc.nodeconfig import node_database
 
     return NodeStore(node_database(_config_path(args)))
 
 
 @_reporting
 def _cmd_init(args: argparse.Namespace) -> int:
-    from fedplug.nodeconfig import write_node_config
+    from fedplug_grpc.nodeconfig import write_node_config
 
     path = write_node_config(
         _config_path(args),
@@ -270,11 +266,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 @_reporting
 def _cmd_start(args: argparse.Namespace) -> int:
-    from fedplug.nodeconfig import load_node_config
+    from fedplug_grpc.nodeconfig import load_node_config
 
     config = load_node_config(_config_path(args))
     try:
-        from fedplug.transport.grpc import serve_node
+        from fedplug_grpc.transport import serve_node
     except ImportError as exc:
         raise PluginError(
             f"`fedplug node start` needs fedplug's gRPC transport, which cannot be imported "

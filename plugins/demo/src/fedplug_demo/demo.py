@@ -3,6 +3,10 @@
 sklearn's breast-cancer data (569 patients, 30 features; shipped inside fedplug, no download) is
 standardised and split over nodes whose share of benign cases differs (0.27 / 0.68 / 0.90 for three
 nodes: the W1 workload of BENCHMARKS.md); 20 % of each node is held out for validation.
+
+The demo is fedplug's showcase, so it names fedplug's own plugins (the plans of fedplug-torch
+and fedplug-sklearn, fedplug-grpc's deployment); each is looked up when its flag is used, with
+the command that installs it when it is missing.
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ from fedplug.errors import ConfigError
 from fedplug.experiment import Experiment
 from fedplug.node import Node
 from fedplug.optimizer import Optimizer
-from fedplug.plugins import get_plugin_manager
+from fedplug.plugins import FedplugPluginManager, active, get_plugin_manager
 from fedplug.report import format_table, results_rows, write_outputs
-from fedplug.transport.grpc import GrpcTransport
 
 TAGS = ["breast-cancer"]
 W1_SIZES = (181, 189, 199)
@@ -90,7 +93,7 @@ ALGORITHMS: dict[str, Algorithm] = {
 
 def load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
     """Standardised features (float32) and labels (1 = benign) of the embedded dataset."""
-    with resources.files("fedplug").joinpath("data/breast_cancer.npz").open("rb") as handle:
+    with resources.files("fedplug_demo").joinpath("data/breast_cancer.npz").open("rb") as handle:
         data = np.load(handle, allow_pickle=False)
         x, y = data["x"], data["y"]
     x = (x - x.mean(axis=0)) / x.std(axis=0)
@@ -165,7 +168,8 @@ def run_demo(
 
     With ``transport="grpc"`` each hospital is a ``fedplug node start`` process with its own
     config, SQLite registry and credential, connected over TLS on loopback (set up under
-    ``out/grpc``); the processes are stopped at the end, also on Ctrl-C."""
+    ``out/grpc``); the processes are stopped at the end, also on Ctrl-C. Another registered
+    transport is given the in-process nodes."""
     if plan not in PLANS:
         raise ConfigError(f"--plan must be one of {sorted(PLANS)}, got {plan!r}")
     if algorithm not in ALGORITHMS:
@@ -180,11 +184,14 @@ def run_demo(
         raise ConfigError(f"the {plan} demo needs the plan {plan_name!r}: pip install {dist}")
     if secagg and "masking" not in pm.secagg_schemes:
         raise ConfigError("--secagg needs the masking scheme: pip install fedplug-secagg")
-    if transport not in ("local", "grpc"):
-        raise ConfigError(f"--transport must be 'local' or 'grpc', got {transport!r}")
+    if transport not in pm.transports:
+        raise ConfigError(
+            f"--transport must be a registered transport ({', '.join(sorted(pm.transports))}), "
+            f"got {transport!r}"
+        )
     with contextlib.ExitStack() as stack:
         if transport == "grpc":
-            federation = stack.enter_context(grpc_federation(nodes, seed, Path(out) / "grpc"))
+            federation: Any = stack.enter_context(grpc_federation(nodes, seed, Path(out) / "grpc"))
         else:
             federation = demo_nodes(nodes, seed, plugin_manager=pm)
         exp = _demo_experiment(
@@ -199,6 +206,7 @@ def run_demo(
             recipe,
             secagg,
             progress and not as_json,
+            transport,
         )
         with exp:
             history = exp.run()
@@ -245,9 +253,18 @@ def _demo_experiment(
     recipe: Algorithm,
     secagg: bool,
     progress: bool,
+    transport: str = "local",
 ) -> Experiment:
+    """The demo's experiment over ``federation``: in-process nodes (served by ``transport``), or
+    with ``transport="grpc"`` the researcher's transport that the node processes joined."""
+    if transport == "grpc":
+        where: dict[str, Any] = {"transport": federation}
+    else:
+        where = {"nodes": federation, "transport": transport}
+        if transport == "local":
+            where["workers"] = workers
     return Experiment(
-        nodes=federation,
+        **where,
         tags=TAGS,
         training_plan=plan_name,
         model_args=model_args,
@@ -256,22 +273,31 @@ def _demo_experiment(
         seed=seed,
         progress=progress,
         plugin_manager=pm,
-        workers=None if isinstance(federation, GrpcTransport) else workers,
-        agg_optimizer=Optimizer.from_dict(recipe.researcher) if recipe.researcher else None,
+        agg_optimizer=_researcher_optimizer(recipe, pm),
         secagg=secagg,
     )
+
+
+def _researcher_optimizer(recipe: Algorithm, pm: FedplugPluginManager) -> Optimizer | None:
+    if recipe.researcher is None:
+        return None
+    with active(pm):
+        return Optimizer.from_dict(recipe.researcher, plugin_manager=pm)
 
 
 @contextlib.contextmanager
 def grpc_federation(
     n_nodes: int, seed: int, workdir: Path, wait_timeout: float = 120.0
-) -> Iterator[GrpcTransport]:
+) -> Iterator[Any]:
     """The demo's hospitals as a real deployment on loopback, under ``workdir``
-    (:func:`fedplug.deploy.local_deployment`): TLS, one credential, ``node.toml``, SQLite
+    (:func:`fedplug_grpc.deploy.local_deployment`): TLS, one credential, ``node.toml``, SQLite
     registry and ``fedplug node start`` process per hospital, each holding its data in its own
     folder. Yields the researcher's transport once every node is connected; stops the node
     processes on exit, also when interrupted."""
-    from fedplug.deploy import local_deployment
+    try:
+        from fedplug_grpc.deploy import local_deployment
+    except ImportError:
+        raise ConfigError("--transport grpc needs fedplug-grpc: pip install fedplug-grpc") from None
 
     workdir = Path(workdir).absolute()
     specs = demo_node_specs(n_nodes, seed, workdir)
@@ -280,10 +306,10 @@ def grpc_federation(
 
 
 def demo_node_specs(n_nodes: int, seed: int, workdir: Path, **settings: Any) -> list[Any]:
-    """The demo's hospitals as node specs (:class:`fedplug.deploy.NodeSpec`), their data
+    """The demo's hospitals as node specs (:class:`fedplug_grpc.deploy.NodeSpec`), their data
     written under ``workdir/data``; ``settings``: more NodeSpec fields for each (``node``,
     ``researcher``)."""
-    from fedplug.deploy import NodeSpec
+    from fedplug_grpc.deploy import NodeSpec
 
     x, y = load_breast_cancer()
     specs = []

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from fedplug.errors import ConfigError
-from fedplug.transport.grpc import GrpcTransport
 from fedplug.transport.local import THREAD_VARS
+from fedplug_grpc.transport import GrpcTransport
 
 
 @dataclass
@@ -133,7 +133,7 @@ def make_certs(workdir: str | Path, names: list[str], node_auth: str = "token") 
     """``workdir/certs``, made anew: a CA, the researcher's certificate for localhost and
     127.0.0.1, and a credential per node name (``fedplug certs init`` / ``certs node``): a
     token, or with ``node_auth="certificate"`` a client certificate and key."""
-    from fedplug import certs
+    from fedplug_grpc import certs
 
     certs_dir = Path(workdir).absolute() / "certs"
     if certs_dir.exists():
@@ -155,7 +155,7 @@ def prepare_nodes(
     (``host:port``), with the CA and its token or client certificate from ``certs_dir``
     (:func:`make_certs`), or in plaintext when None (loopback only). Starts nothing: see
     :meth:`Deployment.start`."""
-    from fedplug.nodestore import NodeStore
+    from fedplug_grpc.nodestore import NodeStore
 
     workdir = Path(workdir).absolute()
     deployment = Deployment(workdir, None, certs_dir)

@@ -1,62 +1,25 @@
-"""fedplug's built-in plugin: core's aggregators, numpy plan, dataset types and model adapter.
-
-Registered under the name ``fedplug`` by :func:`fedplug.plugins.get_plugin_manager`, exactly as a
-third-party plugin would be: core has no privileged path.
-"""
+"""Core's checks of an experiment's optimizer set-up, before any node is contacted:
+auxiliary-variable modules without their partner on the other side, optimizer arguments the
+plan's optimizer cannot take, and FedProx without an explicit strength."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fedplug.hookspecs import Register, hookimpl
-
-
-@hookimpl
-def fedplug_register_training_plans(register: Register) -> None:
-    from fedplug.numpy_plan import LogisticRegressionPlan
-
-    register("numpy-logreg", LogisticRegressionPlan)
-
-
-@hookimpl
-def fedplug_register_aggregators(register: Register) -> None:
-    from fedplug.aggregators import FedAverage, Median
-
-    register("fedavg", FedAverage)
-    register("median", Median)
-
-
-@hookimpl
-def fedplug_register_dataset_types(register: Register) -> None:
-    from fedplug.datasets import load_csv, load_numpy
-
-    register("numpy", load_numpy)
-    register("csv", load_csv)
-
-
-@hookimpl
-def fedplug_model_adapter(model: Any) -> Any:
-    from fedplug.numpy_plan import NumpyModel
-    from fedplug.optimizer import NumpyAdapter
-
-    if isinstance(model, NumpyModel):
-        return NumpyAdapter(model.params, model.grads)
-    return None
+from fedplug.errors import ConfigError
+from fedplug.hookspecs import hookimpl
+from fedplug.optimizer import Optimizer
 
 
 @hookimpl
 def fedplug_validate_experiment(config: Any) -> None:
-    """Refuse optimizer set-ups that cannot work, before any round: auxiliary-variable modules
-    without their partner on the other side, and FedProx without an explicit strength."""
-    from fedplug.errors import ConfigError
-    from fedplug.optimizer import Optimizer
-
     node_opt, agg_opt = config.node_optimizer, config.agg_optimizer
     node_aux = node_opt.aux_modules if isinstance(node_opt, Optimizer) else {}
     agg_aux = agg_opt.aux_modules if agg_opt is not None else {}
+    pm = config.plugin_manager
     for key, module in node_aux.items():
         if key not in agg_aux:
-            partners = _partner_modules(key, module)
+            partners = _partner_modules(key, module, pm)
             raise ConfigError(
                 f"the plan's node-side optimizer module {module!r} exchanges auxiliary variables "
                 f"({key!r}) with a researcher-side partner, but the experiment's agg_optimizer "
@@ -66,7 +29,7 @@ def fedplug_validate_experiment(config: Any) -> None:
     for key, module in agg_aux.items():
         if key in node_aux:
             continue
-        partners = _partner_modules(key, module)
+        partners = _partner_modules(key, module, pm)
         if not isinstance(node_opt, Optimizer):
             raise ConfigError(
                 f"the researcher-side module {module!r} needs its node-side partner "
@@ -98,11 +61,9 @@ def _describe_optimizer(optimizer: Any) -> str:
     return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
 
 
-def _partner_modules(aux_name: str, module: str) -> list[str]:
-    from fedplug.optimizer import Optimizer
-
+def _partner_modules(aux_name: str, module: str, pm: Any) -> list[str]:
     return sorted(
         name
-        for name, cls in Optimizer.available_modules().items()
+        for name, cls in Optimizer.available_modules(pm).items()
         if getattr(cls, "aux_name", None) == aux_name and name != module
     )

@@ -1,9 +1,8 @@
-"""``fedplug.certs``: the CA and server certificate, a real TLS handshake with gRPC, node tokens,
+"""``fedplug_grpc.certs``: the CA and server certificate, a real TLS handshake with gRPC, node tokens,
 and the ``fedplug certs`` command."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import ipaddress
 import json
@@ -14,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fedplug.certs import (
-    add_certs_commands,
+from fedplug.cli import build_parser
+from fedplug.errors import ConfigError
+from fedplug_grpc.certs import (
     add_node,
     add_node_certificate,
     certificate_fingerprint,
@@ -32,7 +32,6 @@ from fedplug.certs import (
     server_tls,
     token_digest,
 )
-from fedplug.errors import ConfigError
 
 grpc = pytest.importorskip("grpc")
 x509 = pytest.importorskip("cryptography.x509")
@@ -496,7 +495,7 @@ def test_describe_certs(certs):
 
 
 def test_importing_the_module_does_not_import_cryptography():
-    code = "import sys, fedplug.certs; print('cryptography' in sys.modules)"
+    code = "import sys, fedplug_grpc.certs; print('cryptography' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
@@ -508,11 +507,10 @@ def test_importing_the_module_does_not_import_cryptography():
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fedplug")
-    add_certs_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
+    """``fedplug ARGV`` through the command line fedplug-grpc's plugin registers ``certs`` in."""
+    args = build_parser().parse_args(argv)
     assert args.command == "certs"
-    return args.func(args)
+    return args.run(args)
 
 
 def test_cli_init_with_hosts(tmp_path, capsys):

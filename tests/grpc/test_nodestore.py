@@ -11,9 +11,9 @@ import pytest
 
 from fedplug.datasets import Dataset
 from fedplug.errors import ConfigError
-from fedplug.nodestore import SCHEMA_VERSION, NodeStore
 from fedplug.planref import source_hash
 from fedplug.plugins import get_plugin_manager
+from fedplug_grpc.nodestore import SCHEMA_VERSION, NodeStore
 
 SOURCE = "class Plan:\n    pass\n"
 SHA = source_hash(SOURCE)

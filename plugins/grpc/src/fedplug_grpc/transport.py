@@ -10,7 +10,7 @@ Control frames (HELLO, WELCOME, TASK, READY, GRANT, CANCEL, REFUSED, HEARTBEAT) 
 msgpack map. DATA frames carry ``u64 task | u64 offset | bytes``. A message (the bytes of
 :mod:`fedplug.messages`) crosses as an announcement of its size, then DATA frames of at most
 ``chunk_bytes`` covering it in order. A node decodes a request while its frames arrive
-(:class:`Inbound`, :meth:`fedplug.node.Node.serve_stream`): the parameters go straight into its
+(:class:`Inbound`, :meth:`fedplug.node.Node.serve`): the parameters go straight into its
 plan, and its reply is sent from the plan's parameters. The researcher folds a streamed reply
 into the aggregator while it arrives, or copies a reply into one buffer allocated at the
 announced size and decodes it from there. No message limit applies but the receiver's own
@@ -44,6 +44,7 @@ restarts (from a checkpoint) finds them again.
 from __future__ import annotations
 
 import atexit
+import inspect
 import ipaddress
 import itertools
 import logging
@@ -238,48 +239,6 @@ class Inbound:
                 self._cv.notify_all()
 
 
-_SLACK = 4096  # bytes a recycled buffer has beyond its first message (at least)
-
-
-class Recycler:
-    """The ``uint8`` buffers a node receives requests into and encodes replies into, reused
-    from round to round. A fresh buffer is not free: the kernel zeroes each of its pages when it
-    is first written, which was about half of a node's CPU time for a large model (bench/transport.py).
-
-    :meth:`take` returns a view of a kept buffer at least as large (at most twice) only when
-    nothing else refers to that buffer (no array, view or memoryview of it is alive), so a
-    buffer still in use is never written over; otherwise it allocates a new one, a little
-    larger than asked so that the next round's message, whose header may be a few bytes
-    longer, fits. The ``keep`` most recently used are kept, so a node holds up to ``keep``
-    message-sized buffers between rounds. Messages under ``min_bytes`` are not worth keeping.
-    """
-
-    def __init__(self, keep: int = 2, min_bytes: int = 1 << 20) -> None:
-        self.keep, self.min_bytes = keep, min_bytes
-        self._kept: list[np.ndarray] = []  # least recently used first
-        self._lock = threading.Lock()
-        self.reused = 0
-
-    def take(self, size: int) -> np.ndarray:
-        if size < self.min_bytes or not self.keep:
-            return np.empty(size, dtype=np.uint8)
-        with self._lock:
-            fits = [
-                buffer
-                for buffer in self._kept
-                # the references of a free one: _kept's, this loop's and getrefcount's argument
-                if size <= buffer.size <= 2 * size + _SLACK and sys.getrefcount(buffer) <= 3
-            ]
-            if fits:
-                buffer = min(fits, key=lambda b: b.size)
-                self._kept = [b for b in self._kept if b is not buffer]
-                self.reused += 1
-            else:
-                buffer = np.empty(size + max(size >> 6, _SLACK), dtype=np.uint8)
-            self._kept = [*self._kept, buffer][-self.keep :]
-            return buffer[:size]
-
-
 def channel_options() -> list[tuple[str, int]]:
     # Receive limits do not depend on this side's chunk size: peers may chunk differently.
     limit = MAX_CHUNK_BYTES + _FRAME_SLACK
@@ -299,9 +258,13 @@ def _check_chunk(chunk: int) -> int:
     return chunk
 
 
-def _tune_malloc() -> None:
+def tune_malloc() -> None:
     """Keep the memory of gRPC frames in this process (the researcher's, a node's) for the
     next frames, with glibc's malloc. A no-op elsewhere than glibc.
+
+    It changes how the whole process allocates, so no library constructor calls it: the node
+    daemon's main (:func:`serve_node`) does, and a researcher's script that moves large models
+    over gRPC may (``fedplug_grpc.tune_malloc()``, before building its experiment).
 
     - One arena for every thread. gRPC's threads (one per node stream) allocate the frames;
       with glibc's default of up to 8 arenas per core, the frames freed by one thread stayed
@@ -421,7 +384,7 @@ class GrpcTransport:
     ) -> None:
         import grpc
 
-        from fedplug import certs
+        from fedplug_grpc import certs
 
         for what, value in (("heartbeat_s", heartbeat_s), ("request_timeout", request_timeout)):
             if value is not None and (isinstance(value, bool) or not value > 0):
@@ -432,7 +395,6 @@ class GrpcTransport:
         self.max_reply_bytes = max_reply_bytes
         self.early_reply_bytes = early_reply_bytes
         self.chunk_bytes = _check_chunk(chunk_bytes)
-        _tune_malloc()
         client_ca_pem = self._check_node_auth(node_auth, tls, client_ca)
         load = certs.load_certificate_pins if client_ca_pem else certs.load_credentials
         if isinstance(credentials, (str, Path)):
@@ -504,7 +466,7 @@ class GrpcTransport:
     @staticmethod
     def _check_node_auth(node_auth: str, tls: Any, client_ca: str | Path | None) -> bytes | None:
         """The PEM of the CA that signs node certificates (None: nodes send tokens)."""
-        from fedplug import certs
+        from fedplug_grpc import certs
 
         if node_auth not in ("token", "certificate"):
             raise ConfigError(f"node_auth must be 'token' or 'certificate', got {node_auth!r}")
@@ -532,7 +494,7 @@ class GrpcTransport:
         call when the credential is unknown."""
         import grpc
 
-        from fedplug.certs import check_certificate, check_token
+        from fedplug_grpc.certs import check_certificate, check_token
 
         if self.credentials is None:
             return None
@@ -1009,10 +971,8 @@ class NodeClient:
         in plaintext (loopback only).
     :param client_cert: (certificate chain PEM, key PEM) this node presents in the TLS
         handshake, for a researcher with ``node_auth="certificate"``
-        (:func:`fedplug.certs.node_tls` reads and checks them).
+        (:func:`fedplug_grpc.certs.node_tls` reads and checks them).
     :param max_message_bytes: largest request this node accepts.
-    :param keep_buffers: message buffers kept for the next round (:class:`Recycler`); 0 frees
-        them after each round, at the cost of the kernel zeroing fresh ones.
     """
 
     def __init__(
@@ -1029,7 +989,6 @@ class NodeClient:
         max_message_bytes: int = 8 << 30,
         chunk_bytes: int = CHUNK_BYTES,
         server_name: str | None = None,
-        keep_buffers: int = 2,
     ) -> None:
         if ca_cert is None and not is_loopback(address):
             raise ConfigError(
@@ -1045,7 +1004,6 @@ class NodeClient:
         self.max_message_bytes = max_message_bytes
         self.chunk_bytes = _check_chunk(chunk_bytes)
         self.server_name = server_name
-        self.buffers = Recycler(keep_buffers)
         self.stop_event = threading.Event()
         self._call: Any = None
         self.sessions = 0  # connections made, for tests and logs
@@ -1153,7 +1111,7 @@ class _NodeState:
         self.client, self.outbox = client, outbox
         self.heartbeat_s = client.heartbeat_s
         self.last_seen = time.monotonic()
-        self.receiver: Receiver | Inbound | None = None
+        self.receiver: Inbound | None = None
         self.refused: set[int] = set()
         self.replies: dict[int, list[Any]] = {}  # each reply's buffers
         self.cancelled: set[int] = set()
@@ -1169,9 +1127,7 @@ class _NodeState:
                     return
                 raise ProtocolError("DATA frame for no announced task")
             if self.receiver.add(frame):
-                receiver, self.receiver = self.receiver, None
-                if isinstance(receiver, Receiver):
-                    self._start(self.work, receiver)
+                self.receiver = None
         elif kind == TASK:
             body = parse_control(frame, kind, {"task": int, "size": int})
             task, size = body["task"], body["size"]
@@ -1192,14 +1148,10 @@ class _NodeState:
             with self.lock:  # a new round: replies of earlier ones are not wanted any more
                 self.cancelled.update(self.replies)  # nor sent on: the plan will change
                 self.replies.clear()
-            if isinstance(self.receiver, Inbound):  # never completed: its reader must not wait
+            if self.receiver is not None:  # never completed: its reader must not wait
                 self.receiver.abort(f"task {task} replaced the request")
-            node = self.client.node
-            if hasattr(node, "serve_stream") or hasattr(node, "handle_stream"):  # while it arrives
-                self.receiver = Inbound(task, size, on_wait=self._heard)
-                self._start(self.work_stream, self.receiver)
-            else:
-                self.receiver = Receiver(task, size, self.client.buffers.take)
+            self.receiver = Inbound(task, size, on_wait=self._heard)  # served while it arrives
+            self._start(self.work, self.receiver)
         elif kind == GRANT:
             task = parse_control(frame, kind, {"task": int})["task"]
             with self.lock:  # kept until CANCEL: the researcher may ask for it again
@@ -1212,8 +1164,7 @@ class _NodeState:
                 self.cancelled.add(task)
                 self.replies.pop(task, None)
             if self.receiver is not None and self.receiver.task == task:
-                if isinstance(self.receiver, Inbound):
-                    self.receiver.abort("the researcher cancelled the request")
+                self.receiver.abort("the researcher cancelled the request")
                 self.receiver = None
                 self.refused.add(task)
         elif kind == WELCOME:
@@ -1234,41 +1185,20 @@ class _NodeState:
         self.last_seen = time.monotonic()
 
     @staticmethod
-    def _start(target: Any, receiver: Receiver | Inbound) -> None:
-        threading.Thread(target=target, args=(receiver,), daemon=True, name="fedplug-work").start()
+    def _start(target: Any, inbound: Inbound) -> None:
+        threading.Thread(target=target, args=(inbound,), daemon=True, name="fedplug-work").start()
 
-    def work_stream(self, inbound: Inbound) -> None:
+    def work(self, inbound: Inbound) -> None:
         """Run one request on the node while it arrives (off the reading thread). The reply is
-        sent from the plan's own parameters (Node.serve_stream), not from a copy: the node
-        serves no other request until the researcher ends the round (CANCEL) or sends the next
-        one (TASK), and both stop this reply's frames first."""
+        sent from the plan's own parameters (Node.serve), not from a copy: the node serves no
+        other request until the researcher ends the round (CANCEL) or sends the next one
+        (TASK), and both stop this reply's frames first."""
         self.busy = "working"
-        node = self.client.node
         try:  # never raises on bad input
-            if hasattr(node, "serve_stream"):
-                reply: Any = node.serve_stream(inbound, inbound.size)
-            else:
-                reply = node.handle_stream(inbound, inbound.size, self.client.buffers.take)
+            reply = self.client.node.serve(inbound, inbound.size)
         finally:
             self.busy = ""
         self._announce(inbound.task, reply)
-
-    def work(self, receiver: Receiver) -> None:
-        """Run one request on the node (off the reading thread) and announce the reply."""
-        task = receiver.task
-        self.busy = "working"
-        try:
-            node = self.client.node
-            request = receiver.message()
-            if hasattr(node, "handle_buffer"):  # never raises on bad input
-                reply = node.handle_buffer(request, self.client.buffers.take)
-            else:
-                reply = node.handle(request)
-            del request
-        finally:
-            self.busy = ""
-        del receiver  # the request's buffer: the plan copied what it needs
-        self._announce(task, reply)
 
     def _announce(self, task: int, reply: Any) -> None:
         parts = reply if isinstance(reply, list) else [reply]
@@ -1294,7 +1224,7 @@ class _NodeState:
                 return
 
     def close(self) -> None:
-        if isinstance(self.receiver, Inbound):
+        if self.receiver is not None:
             self.receiver.abort("the connection to the researcher was lost")
         self.receiver = None
         with self.lock:
@@ -1311,19 +1241,19 @@ def _watch_parent(pid: int, client: NodeClient) -> None:
 
 def serve_node(config: Any) -> int:
     """``fedplug node start``: load the node's datasets from its registry and serve the
-    researcher named in ``config`` (a :class:`fedplug.nodeconfig.NodeConfig`) until SIGTERM or
+    researcher named in ``config`` (a :class:`fedplug_grpc.nodeconfig.NodeConfig`) until SIGTERM or
     Ctrl-C. Returns the process exit code."""
-    from fedplug.certs import node_tls, read_pem
     from fedplug.node import Node
-    from fedplug.nodestore import NodeStore
     from fedplug.plugins import get_plugin_manager
+    from fedplug_grpc.certs import node_tls, read_pem
+    from fedplug_grpc.nodestore import NodeStore
 
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    _tune_malloc()
+    tune_malloc()
     pm = get_plugin_manager()
     store = NodeStore(config.database)
     datasets = store.load_datasets(pm)
@@ -1338,7 +1268,7 @@ def serve_node(config: Any) -> int:
         datasets,
         approval=config.approval,
         plugin_manager=pm,
-        require_secagg=config.require_secagg,
+        settings={"require_secagg": config.require_secagg},
         limits=config.limits,
         plan_store=store,
         approve_hint=f"fedplug node plan approve {{sha256}} --config {config.path}",
@@ -1380,3 +1310,50 @@ def serve_node(config: Any) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         node.stop()
+
+
+# -- the transport factory ----------------------------------------------------------------------
+
+
+def grpc_transport(
+    *,
+    nodes: Any,
+    tags: list[str],
+    min_nodes: int,
+    server: str = "0.0.0.0:50051",
+    tls: str | Path | tuple[str | Path, str | Path] | list[str] | None = None,
+    wait_nodes: int | list[str] | None = None,
+    wait_timeout: float = 120.0,
+    **options: Any,
+) -> GrpcTransport:
+    """The ``grpc`` transport's factory: ``Experiment(transport="grpc", transport_options={...})``.
+
+    Starts the researcher's server at ``server`` and waits until the nodes it needs are
+    connected: ``wait_nodes`` nodes (default ``min_nodes``) with a dataset carrying ``tags``, or
+    the nodes named in it, for at most ``wait_timeout`` seconds (then a :class:`ConfigError`
+    lists the connected nodes and their tags). ``tls`` is a certs directory or ``(cert, key)``
+    paths; the other options are :class:`GrpcTransport`'s (``credentials``, ``node_auth``,
+    ``client_ca``, ``request_timeout``, ``heartbeat_s``, ...)."""
+    if nodes is not None:
+        raise ConfigError(
+            "with transport='grpc', nodes connect to the server: give transport_options="
+            "{'wait_nodes': ...} (a count or node names) instead of nodes"
+        )
+    known = set(inspect.signature(GrpcTransport.__init__).parameters) - {"self", "address", "tls"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        keys = sorted({"server", "tls", "wait_nodes", "wait_timeout", *known})
+        raise ConfigError(f"unknown grpc transport option(s) {unknown}; known: {', '.join(keys)}")
+    if isinstance(tls, list):  # as a checkpoint stores a (cert, key) pair
+        tls = tuple(tls)
+    transport = GrpcTransport(server, tls=tls, **options)
+    try:
+        if isinstance(wait_nodes, (list, tuple)):
+            transport.wait_for_nodes(tags, names=wait_nodes, timeout=wait_timeout)
+        else:
+            count = wait_nodes if wait_nodes is not None else min_nodes
+            transport.wait_for_nodes(tags, count=count, timeout=wait_timeout)
+    except BaseException:
+        transport.close()
+        raise
+    return transport

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from fedplug.cli import build_parser
 from fedplug.datasets import load_csv
 from fedplug.errors import ConfigError
-from fedplug.node_cli import add_node_commands, check_loader_options, parse_loader_args
-from fedplug.nodeconfig import NodeLimits, load_node_config, node_database, write_node_config
-from fedplug.nodestore import NodeStore
 from fedplug.planref import source_hash
+from fedplug_grpc.node_cli import check_loader_options, parse_loader_args
+from fedplug_grpc.nodeconfig import NodeLimits, load_node_config, node_database, write_node_config
+from fedplug_grpc.nodestore import NodeStore
 
 NODE = """
 [node]
@@ -319,15 +320,14 @@ def test_tags_and_name_are_not_loader_options():
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="fedplug")
-    add_node_commands(top.add_subparsers(dest="command", metavar="COMMAND"))
-    return top
+    """The command line, with the ``node`` command fedplug-grpc's plugin registers."""
+    return build_parser()
 
 
 def fedplug(*argv: str) -> int:
     """Run ``fedplug ARGV`` as the top-level command line does."""
     args = parser().parse_args(list(argv))
-    return args.func(args)
+    return args.run(args)
 
 
 @pytest.fixture
@@ -422,7 +422,7 @@ def test_a_dataset_that_fails_to_load_is_not_stored(node_dir, capsys):
     [
         (["--type", "csv", "--path", "data.csv", "--center", "2"], "does not accept --center"),
         (["--type", "csv", "--path", "data.csv"], "'csv' needs --target"),
-        (["--type", "parquet", "--path", "data.csv"], "no dataset_types named 'parquet'"),
+        (["--type", "parquet", "--path", "data.csv"], "no dataset types named 'parquet'"),
         (["--type", "csv", "--path", "data.csv", "--target", "label", "x"], "unexpected argument"),
     ],
 )

@@ -37,7 +37,7 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -622,12 +622,8 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def add_certs_commands(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``fedplug certs`` and its actions to ``subparsers`` (from ``add_subparsers``)."""
-    certs = subparsers.add_parser(
-        "certs", help="TLS certificates and node credentials for the gRPC transport"
-    )
-    certs.set_defaults(func=run_certs_command)
+def certs_command(certs: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """TLS certificates and node credentials for the gRPC transport"""
     actions = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
     init = actions.add_parser("init", help="create a CA and the server certificate")
     server = actions.add_parser("server", help="issue a new server certificate with the CA")
@@ -673,7 +669,7 @@ def add_certs_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     for action in (listing, show):
         action.add_argument("--json", action="store_true", help="print JSON")
-    return certs
+    return run_certs_command
 
 
 def _print_cert(label: str, info: dict[str, Any] | None) -> None:

@@ -1,0 +1,97 @@
+"""Files an experiment writes and reads: model files and resumable states (checkpoints).
+
+Both are ``.npz`` archives with a JSON description and no pickle: arrays as arrays, everything
+else as JSON. A state is written to a temporary file, then renamed, so a crash never leaves a
+half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedplug.errors import ConfigError
+from fedplug.plan import Params
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The most recent ``round-NNNNN.npz`` in ``directory``, or None."""
+    found = sorted(Path(directory).glob("round-*.npz"))
+    return found[-1] if found else None
+
+
+def write_model(path: str | Path, params: Params, meta: dict[str, Any]) -> Path:
+    path = Path(path)
+    arrays = {f"param:{name}": value for name, value in params.items()}
+    with path.open("wb") as handle:
+        np.savez(
+            handle, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays
+        )
+    return path
+
+
+def load_params(path: str | Path) -> Params:
+    """Parameters from a file written by :meth:`Experiment.save_model`."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ConfigError(f"cannot read model file {path}: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ConfigError(f"{path} is not a fedplug model file (not an .npz archive)")
+    with data:
+        if "__meta__" not in data.files:
+            raise ConfigError(f"{path} is not a fedplug model file (no __meta__ entry)")
+        try:
+            return {k[len("param:") :]: data[k] for k in data.files if k.startswith("param:")}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read model file {path}: {exc}") from exc
+
+
+def write_state(path: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """Write a state atomically: to ``path.tmp``, then renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        np.savez(handle, __state__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    tmp.replace(path)
+    return path
+
+
+def read_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ConfigError(f"cannot read experiment state {path}: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile) or "__state__" not in data.files:
+        raise ConfigError(f"{path} is not a fedplug experiment state (see save_state)")
+    with data:
+        try:
+            arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError) as exc:  # e.g. a truncated file
+            raise ConfigError(f"cannot read experiment state {path}: {exc}") from exc
+    return arrays, json.loads(arrays.pop("__state__").tobytes())
+
+
+def secagg_setting(saved: dict[str, Any]) -> Any:
+    """``Experiment(secagg=...)`` from a checkpoint: the scheme's name, or its settings object
+    rebuilt from its class's import path and fields."""
+    if saved.get("settings") is None:
+        return saved["scheme"]
+    module, _, qualname = saved["settings_class"].partition(":")
+    settings_class = getattr(importlib.import_module(module), qualname)
+    return settings_class(**saved["settings"])
+
+
+def transport_setting(saved: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The transport's registered name and options from a checkpoint's settings, in the form
+    of this release (``{"name", "options"}``) or the earlier one (``{"kind": "grpc", "server":
+    ..., ...}``). None: the experiment was given a transport object or in-process nodes only."""
+    saved = dict(saved)
+    if "kind" in saved:  # written before transports came from plugins
+        kind = saved.pop("kind")
+        return kind, (saved if kind != "local" else {})
+    return saved.get("name"), dict(saved.get("options") or {})
