@@ -220,6 +220,7 @@ def demo_rounds(rounds: int, workdir: Path) -> dict[str, Any]:
                 recipe=ALGORITHMS["fedavg"],
                 secagg=False,
                 progress=False,
+                transport=transport,
             )
             with exp:
                 history = exp.run()
@@ -417,9 +418,9 @@ def _bare_client(port: int, index: int, chunks: int, ca_cert: bytes | None) -> N
 
     import grpc
 
-    from fedplug_grpc.transport import CHUNK_BYTES, _tune_malloc, channel_options
+    from fedplug_grpc.transport import CHUNK_BYTES, channel_options, tune_malloc
 
-    _tune_malloc()  # as fedplug's node processes do
+    tune_malloc()  # as fedplug's node processes do
     target, options = f"127.0.0.1:{port}", channel_options()
     if ca_cert is None:
         channel = grpc.insecure_channel(target, options=options)
@@ -671,6 +672,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON (default {RESULTS})")
     args = parser.parse_args(argv)
     quick = args.quick
+    # the researcher moves large models: the same malloc tuning as fedplug's node processes
+    # (fedplug-grpc leaves it to each process's main; see fedplug_grpc.tune_malloc)
+    from fedplug_grpc.transport import tune_malloc
+
+    tune_malloc()
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"warning: load average {load:.2f}: other processes make the seconds noisy",

@@ -21,8 +21,9 @@ model (checked: "same model as floor").
 fedplug runs in three local-transport modes: sequential (the default, ``workers=1``), threads
 (``workers`` = one per core) and worker processes (``processes=True``). Configurations run
 round-robin, ``--repeat`` times (default 3); tables show medians. Also measured: the wall time of
-``import fedplug`` and ``fedplug --help``. Output: one JSON line per run, one per configuration
-(medians), then tables; everything also goes to ``bench/results/workloads.json``.
+``import fedplug``, ``fedplug --help`` and ``fedplug plugins`` with every plugin installed.
+Output: one JSON line per run, one per configuration (medians), then tables; everything also goes
+to ``bench/results/workloads.json``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ RSS_POLL_S = 0.05
 # absolute terms on this machine (1.5x the published floor of BENCHMARKS.md):
 RATIO_TARGET = 1.5
 ABSOLUTE_TARGETS = {"W1": ("wall_s", 2.7), "W2": ("s_per_round", 0.21), "W3": ("s_per_round", 0.44)}
-STARTUP_TARGET_S = 0.5
+#: every plugin of this repository installed (each one's entry point is loaded)
+STARTUP_TARGETS_S = {"import fedplug": 0.5, "fedplug --help": 0.5, "fedplug plugins": 1.5}
 
 # BENCHMARKS.md (2 CPU cores, 23 GiB, no GPU; medians of 3 runs; 2026-11-20). Published numbers,
 # NOT measured here: workload, system, wall s, s/round, first round s, peak RSS MB.
@@ -300,16 +302,18 @@ def median_row(config: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def startup_times(repeat: int, timeout: float) -> dict[str, Any]:
-    """Median wall time of ``import fedplug`` and ``fedplug --help`` (and of a bare interpreter)."""
+    """Median wall time of ``import fedplug``, ``fedplug --help`` and ``fedplug plugins`` (and
+    of a bare interpreter), with every plugin of this repository installed."""
     script = Path(sys.executable).parent / "fedplug"
-    help_cmd = [str(script), "--help"]
+    fedplug = [str(script)]
     if not script.exists():
         code = "import sys; from fedplug.cli import main; sys.exit(main())"
-        help_cmd = [sys.executable, "-c", code, "--help"]
+        fedplug = [sys.executable, "-c", code]
     commands = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "import fedplug": [sys.executable, "-c", "import fedplug"],
-        "fedplug --help": help_cmd,
+        "fedplug --help": [*fedplug, "--help"],
+        "fedplug plugins": [*fedplug, "plugins"],
     }
     results = {}
     for name, cmd in commands.items():
@@ -438,12 +442,13 @@ def report_tables(summary: list[dict[str, Any]], startup: dict[str, Any]) -> dic
                     cells += [shown, "met" if value <= bound else "NOT MET"]
             targets.append(cells)
     for name, value in startup.items():
-        if name.startswith("fedplug") or name.startswith("import"):
-            met = "met" if value["median_s"] < STARTUP_TARGET_S else "NOT MET"
+        if name in STARTUP_TARGETS_S:
+            bound = STARTUP_TARGETS_S[name]
+            met = "met" if value["median_s"] < bound else "NOT MET"
             targets.append(
                 [
                     "start-up",
-                    f"{name} < {STARTUP_TARGET_S} s",
+                    f"{name} < {bound} s",
                     f"{value['median_s']:.3f} s",
                     met,
                     "",
@@ -651,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         "modes": args.modes,
         "ratio_target": RATIO_TARGET,
         "absolute_targets": ABSOLUTE_TARGETS,
-        "startup_target_s": STARTUP_TARGET_S,
+        "startup_targets_s": STARTUP_TARGETS_S,
     }
     parts = report_tables(summary, startup)
     print_report(parts, startup, meta)

@@ -152,3 +152,12 @@ def test_optimizers_table(capsys):
     out = capsys.readouterr().out
     assert "modules:" in out and "regularizers:" in out and "schedulers:" in out
     assert "scaffold-client" in out and "fedprox" in out
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    script = shutil.which("fedplug", path=str(Path(sys.executable).parent))
+    result = subprocess.run(
+        f"'{script}' optimizers | head -1", shell=True, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout == "modules:\n"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

@@ -76,3 +76,15 @@ def test_installed_plugins_implement_only_declared_hooks():
     pm.check_pending()
     names = {name for name, _ in pm.list_name_plugin()}
     assert {*DEFAULT_PLUGINS, "torch", "sklearn", "secagg", "grpc", "demo", "flamby"} <= names
+
+
+GUIDE = TESTS.parent / "docs" / "plugins.md"
+
+
+@pytest.mark.parametrize("hook", HOOKS, ids=lambda hook: hook.__name__)
+def test_every_hook_has_a_row_in_the_plugin_guide(hook):
+    rows = [line for line in GUIDE.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+    signature = f"`{hook.__name__}({', '.join(inspect.signature(hook).parameters)})`"
+    assert any(row.startswith(f"| {signature} |") for row in rows), (
+        f"docs/plugins.md has no table row for {signature}"
+    )

@@ -1,11 +1,23 @@
 """The local transport's worker-process mode: same results as threads, and vanishing workers."""
 
+import importlib
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedplug import Dataset, Experiment, Node, NodeError
+from fedplug import (
+    ConfigError,
+    Dataset,
+    Experiment,
+    FedAverage,
+    Node,
+    NodeError,
+    Optimizer,
+    get_plugin_manager,
+    hookimpl,
+)
 
 
 def make_nodes(prefix: str, n_nodes: int = 4) -> list[Node]:
@@ -131,3 +143,65 @@ def test_a_failed_round_leaves_no_stale_reply_for_the_next_one():
     # a reply left over from the failed round would be refused as another round's
     assert list(row["failures"]) == [nodes[0].name]
     assert sorted(row["nodes"]) == sorted(n.name for n in nodes[1:])
+
+
+ACME = Path(__file__).resolve().parents[1] / "third_party" / "acme" / "src"
+
+
+def test_plugins_registered_in_this_process_reach_the_worker_processes(monkeypatch):
+    """A plugin registered on the nodes' manager in-process (here a module importable by name,
+    not installed) is registered again in each worker: its plan and optimizer pair work there."""
+    monkeypatch.syspath_prepend(str(ACME))  # spawned workers get this process's sys.path
+    # imported once for the session: declearn refuses a second registration of its AuxVar
+    plugin = importlib.import_module("fedplug_acme.plugin")
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(plugin, name="acme-in-process")
+    nodes = make_nodes("a")
+    for node in nodes:
+        node.pm = pm
+    server = {"lr": 1.0, "modules": ["acme-drift-server"]}
+
+    def acme_experiment(nodes, **kwargs):
+        return Experiment(
+            nodes=nodes,
+            tags=["proc"],
+            training_plan="acme-logreg",
+            model_args={
+                "n_features": 6,
+                "optimizer": {"lr": 0.1, "modules": ["acme-drift-client"]},
+            },
+            training_args={"batch_size": 8, "epochs": 1, "test_ratio": 0.25},
+            agg_optimizer=Optimizer.from_dict(server, pm),
+            round_limit=3,
+            seed=11,
+            plugin_manager=pm,
+            **kwargs,
+        )
+
+    spawned = acme_experiment(nodes, processes=True, workers=2)
+    with spawned:
+        spawned.run()
+    others = make_nodes("b")
+    for node in others:
+        node.pm = pm
+    threaded = acme_experiment(others)
+    threaded.run()
+    assert threaded.agg_optimizer.declearn.modules[0].steps > 0
+    for name, value in threaded.global_params.items():
+        np.testing.assert_array_equal(spawned.global_params[name], value)
+
+
+def test_a_plugin_that_cannot_reach_the_workers_is_refused_by_name():
+    class Local:  # defined in a function: a worker process could not rebuild it
+        @hookimpl
+        def fedplug_register_aggregators(self, register):
+            register("local-only", FedAverage)
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(Local(), name="local-only-plugin")
+    nodes = make_nodes("r")
+    for node in nodes:
+        node.pm = pm
+    with pytest.raises(ConfigError, match=r"plugin 'local-only-plugin' is registered in this "):
+        experiment(nodes, processes=True, plugin_manager=pm)
+    experiment(nodes, plugin_manager=pm).run(rounds=1)  # in this process it works

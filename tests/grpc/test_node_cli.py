@@ -495,6 +495,18 @@ def test_start_without_a_config_exits_2(tmp_path, monkeypatch, capsys):
     assert "fedplug node init" in err
 
 
+def test_start_refuses_require_secagg_that_no_plugin_would_enforce(node_dir, monkeypatch, capsys):
+    """Without fedplug-secagg nothing would read the setting: the node would train in clear."""
+    config = node_dir / "node.toml"
+    config.write_text(config.read_text().replace("require_secagg = false", "require_secagg = true"))
+    assert load_node_config(config).require_secagg is True
+    monkeypatch.setenv("FEDPLUG_DISABLE_PLUGINS", "secagg")
+    assert fedplug("node", "start") == 2
+    err = capsys.readouterr().err
+    assert "require_secagg = true, but no secure-aggregation plugin is installed" in err
+    assert "pip install fedplug-secagg" in err
+
+
 def test_node_without_a_sub_command_prints_help(capsys):
     assert fedplug("node") == 0
     assert "dataset" in capsys.readouterr().out

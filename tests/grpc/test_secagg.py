@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedplug import Experiment
+from fedplug import Experiment, Optimizer
+from fedplug.errors import SecAggError
 from fedplug.numpy_plan import LogisticRegressionPlan
+from fedplug_grpc import transport as grpc_transport_module
 
 pytest.importorskip("grpc")
 pytest.importorskip("fedplug_secagg")
@@ -97,3 +100,32 @@ def test_a_node_killed_after_the_key_exchange_is_recovered_from(cluster, tmp_pat
             assert exp.secagg.dropped == ["slow"]
         runs[secagg] = exp
     assert_close(runs[True].global_params, runs[False].global_params)
+
+
+class ScaffoldPlan(LogisticRegressionPlan):
+    def __init__(self, model_args=None):
+        super().__init__(model_args)
+        self.optimizer = Optimizer(lr=0.1, modules=["scaffold-client"])
+
+
+def test_scaffold_with_secagg_over_grpc_is_refused_before_the_server_starts(monkeypatch):
+    """The validation runs before the transport is built: no server listens, no node is
+    waited for (wait_timeout is two minutes), and the refusal is the SecAggError."""
+    started = []
+    monkeypatch.setattr(
+        grpc_transport_module.GrpcTransport, "__init__", lambda *a, **k: started.append(1)
+    )
+    server = Optimizer(lr=1.0, modules=["scaffold-server"])  # declearn imported: not timed
+    start = time.perf_counter()
+    with pytest.raises(SecAggError, match=r"module 'scaffold-client' on the node side"):
+        Experiment(
+            tags=support.TAGS,
+            training_plan=ScaffoldPlan,
+            model_args={"n_features": support.N_FEATURES},
+            agg_optimizer=server,
+            transport="grpc",
+            transport_options={"server": "127.0.0.1:0", "wait_timeout": 120.0},
+            secagg=True,
+        )
+    assert time.perf_counter() - start < 1.0
+    assert started == []

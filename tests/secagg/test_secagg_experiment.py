@@ -249,6 +249,14 @@ def test_a_node_requiring_secagg_refuses_plain_training_and_accepts_secagg():
     assert secure.history[0]["nodes"] == ["hospital-1", "hospital-2", "hospital-3"]
 
 
+def test_the_node_keyword_of_the_previous_release_still_requires_secagg():
+    with pytest.warns(DeprecationWarning, match=r"settings=\{'require_secagg': \.\.\.\}"):
+        nodes = demo_nodes(3, 0, require_secagg=True)
+    assert all(node.settings == {"require_secagg": True} for node in nodes)
+    with pytest.raises(NodeError, match="requires secure aggregation"):
+        demo_experiment(nodes=nodes, rounds=1).run_once()
+
+
 def test_with_skip_a_plain_experiment_trains_without_the_nodes_that_require_secagg():
     nodes = demo_nodes(3, 0)
     nodes[1].settings["require_secagg"] = True

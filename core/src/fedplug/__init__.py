@@ -2,8 +2,9 @@
 
 A researcher writes a :class:`TrainingPlan` and an :class:`Experiment`; each :class:`Node` holds its
 data and trains on request; rounds of local training and aggregation produce a global model.
-Plugins (``fedplug-torch``, ``fedplug-sklearn``, third-party ones) register plans, aggregators,
-dataset types and model adapters through the hooks of :mod:`fedplug.hookspecs`.
+Everything else comes from plugins (``fedplug-torch``, ``fedplug-grpc``, ``fedplug-secagg``,
+third-party ones), through the hooks of :mod:`fedplug.hookspecs`: plans, aggregators, dataset
+types, optimizer modules, transports, commands, secure-aggregation schemes, model adapters.
 """
 
 from fedplug.aggregators import Aggregator, FedAverage, Median

@@ -8,6 +8,7 @@ set it up is left out with a warning: one broken plugin never takes the whole co
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -75,6 +76,9 @@ def main(
     except KeyboardInterrupt:
         print("fedplug: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fedplug optimizers | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ import copy
 import math
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -75,6 +76,7 @@ class Node:
         limits: Any = None,
         plan_store: Any = None,
         approve_hint: str = "node.approve_plan({sha256!r})",
+        require_secagg: bool | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a node name must be a non-empty string, got {name!r}")
@@ -87,6 +89,14 @@ class Node:
         self.pm = plugin_manager or get_plugin_manager()
         self.max_sessions = max_sessions
         self.settings: dict[str, Any] = dict(settings or {})
+        if require_secagg is not None:  # the keyword of the release before plugin settings
+            warnings.warn(
+                "Node(require_secagg=...) is deprecated: give settings={'require_secagg': ...} "
+                "(fedplug-secagg reads it)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            self.settings.setdefault("require_secagg", require_secagg)
         self.limits = limits
         self.plan_store = plan_store
         self.approve_hint = approve_hint

@@ -542,7 +542,9 @@ class Experiment:
                 f"the round's fit workflow {type(self.fit_workflow).__name__} returned parameters "
                 f"{params_spec(aggregated)}, expected {round.spec}; the global model is unchanged"
             )
-        train_s = time.perf_counter() - start
+        # training lasts until the last reply is in; what the workflow does after (unmasking,
+        # the aggregate) and the researcher optimizer's step are the aggregation
+        train_s = (round.trained_at or time.perf_counter()) - start
         optimizer_state = self.agg_optimizer.get_state() if self.agg_optimizer else None
         try:  # the round is applied whole or not at all
             if self.agg_optimizer is not None:

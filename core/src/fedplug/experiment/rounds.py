@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -226,6 +227,8 @@ class TrainingRound:
         self.failures: dict[str, str] = {}
         #: auxiliary variables summed over the replies, per module (for the researcher optimizer)
         self.aux_sum: dict[str, Any] = {}
+        #: when the last :meth:`train` had every reply in (``time.perf_counter()``)
+        self.trained_at: float | None = None
         self._optimizer = agg_optimizer
         self._expected_aux = set(agg_optimizer.aux_modules) if agg_optimizer else set()
         self._pm = plugin_manager
@@ -275,6 +278,7 @@ class TrainingRound:
         )
         self.replies.update(replies)
         self.failures.update(failures)
+        self.trained_at = time.perf_counter()
         return replies
 
     def exchange(

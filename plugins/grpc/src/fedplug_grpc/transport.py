@@ -1255,6 +1255,13 @@ def serve_node(config: Any) -> int:
     )
     tune_malloc()
     pm = get_plugin_manager()
+    if config.require_secagg and not len(pm.secagg_schemes):
+        # a setting that nothing would enforce: refuse to start rather than train in clear
+        raise ConfigError(
+            f"{config.path}: require_secagg = true, but no secure-aggregation plugin is "
+            "installed on this node (or it is disabled), so nothing would enforce it; install "
+            "fedplug-secagg (pip install fedplug-secagg) or set require_secagg = false"
+        )
     store = NodeStore(config.database)
     datasets = store.load_datasets(pm)
     if not datasets:

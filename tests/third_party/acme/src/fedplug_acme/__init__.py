@@ -1,0 +1,1 @@
+"""ACME's fedplug plugin (a test fixture that behaves like any third party's distribution)."""
