@@ -71,9 +71,9 @@ W1_SHARES = (0.27, 0.68, 0.90)
 
 def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
     """Standardised float32 features and int64 labels (as ``fedplug_demo.demo.load_breast_cancer``)."""
-    spec = importlib.util.find_spec("fedplug")  # finds the package without importing it
+    spec = importlib.util.find_spec("fedplug_demo")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("fedplug is not installed: its package ships W1's data")
+        raise SystemExit("fedplug-demo is not installed: its package ships W1's data")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "breast_cancer.npz"
     with np.load(path, allow_pickle=False) as data:
         x, y = data["x"], data["y"]

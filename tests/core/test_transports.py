@@ -164,3 +164,27 @@ def test_a_checkpoint_written_before_transports_were_plugins_still_loads(make_no
     exp.run()
     for name, value in exp.global_params.items():
         assert np.array_equal(resumed.global_params[name], value)
+
+
+def test_an_earlier_grpc_checkpoints_keywords_become_the_transports_options():
+    from fedplug.experiment.checkpoints import transport_setting
+
+    earlier = {
+        "kind": "grpc",
+        "server": "0.0.0.0:50051",
+        "tls": ["server.pem", "server.key"],
+        "credentials": None,
+        "node_auth": "token",
+        "client_ca": None,
+        "wait_nodes": 3,
+        "wait_timeout": 120.0,
+        "request_timeout": None,
+    }
+    name, options = transport_setting(earlier)
+    assert name == "grpc"
+    assert options == {key: value for key, value in earlier.items() if key != "kind"}
+    assert transport_setting({"name": "grpc", "options": {"server": "h:1"}}) == (
+        "grpc",
+        {"server": "h:1"},
+    )
+    assert transport_setting({"name": None, "options": {}}) == (None, {})
