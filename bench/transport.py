@@ -557,8 +557,12 @@ def bare_grpc(mib: int, rounds: int, tls: bool, workdir: Path) -> dict[str, Any]
 
 # -- 3. researcher peak RSS ---------------------------------------------------------------------
 def _researcher(pipe: Any, nodes: int, mib: int, workdir: str) -> None:
-    """Child process: a researcher alone in its process, measuring its own memory."""
+    """Child process: a researcher alone in its process, measuring its own memory (with the
+    malloc tuning a researcher script that moves large models applies in its main)."""
     from fedplug_grpc.deploy import local_deployment
+    from fedplug_grpc.transport import tune_malloc
+
+    tune_malloc()
 
     home = Path(workdir)
     try:
