@@ -19,7 +19,6 @@ from fedplug.messages import (
     decode,
     decode_stream,
     encode,
-    encode_buffer,
 )
 
 DTYPES = ["float16", "float32", "float64", "int8", "int32", "uint64", "bool"]
@@ -199,21 +198,3 @@ def test_messages_without_arrays_and_the_expected_type():
     assert set(MESSAGE_TYPES.values()) >= {EvaluateReply, TrainReply}
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(replies)
-def test_encode_buffer_holds_the_bytes_of_encode(message):
-    buffer = encode_buffer(message)
-    assert buffer.dtype == np.uint8 and buffer.ndim == 1
-    assert buffer.tobytes() == encode(message)
-    assert encode(decode(memoryview(buffer))) == encode(message)
-
-
-def test_encode_buffer_writes_into_the_buffer_it_is_given_and_checks_it():
-    message = TrainReply("exp", 1, "node", {"w": np.arange(6, dtype=np.float32)}, 6, 1, 0.5, 0.1)
-    expected = encode(message)
-    given = np.zeros(len(expected), np.uint8)
-    buffer = encode_buffer(message, lambda size: given)
-    assert buffer is given and given.tobytes() == expected
-    for wrong in (np.zeros(len(expected) + 1, np.uint8), np.zeros(len(expected), np.int8)):
-        with pytest.raises(TypeError, match=f"uint8 array of {len(expected)} elements"):
-            encode_buffer(message, lambda size, wrong=wrong: wrong)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -70,8 +71,15 @@ def test_core_alone_then_with_fedplug_grpc(tmp_path):
     env["PIP_CONSTRAINT"] = str(REPO / "constraints.txt")
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     pip = [str(bin_dir / "python"), "-m", "pip", "install", "--quiet"]
+    # from copies: pip builds in the source folder, and a build/ left in the repository could
+    # put files deleted since into a later install
+    sources = {}
+    for folder in ("core", "plugins/grpc"):
+        sources[folder] = tmp_path / "src" / folder
+        ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+        shutil.copytree(REPO / folder, sources[folder], ignore=ignore)
 
-    run([*pip, str(REPO / "core")], env)
+    run([*pip, str(sources["core"])], env)
     listed = run([str(bin_dir / "python"), "-m", "pip", "list", "--format=json"], env)
     installed = {entry["name"].lower() for entry in json.loads(listed)}
     assert "fedplug" in installed
@@ -90,7 +98,7 @@ def test_core_alone_then_with_fedplug_grpc(tmp_path):
     refused = subprocess.run([fedplug, "node", "start"], capture_output=True, text=True, env=env)
     assert refused.returncode == 2 and "invalid choice: 'node'" in refused.stderr
 
-    run([*pip, str(REPO / "plugins" / "grpc")], env)
+    run([*pip, str(sources["plugins/grpc"])], env)
     assert "usage: fedplug node" in run([fedplug, "node", "--help"], env)
     assert "usage: fedplug certs" in run([fedplug, "certs", "--help"], env)
     plugins = {

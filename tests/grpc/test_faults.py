@@ -191,9 +191,12 @@ def test_a_reply_larger_than_max_reply_bytes_is_refused_before_any_allocation(cl
     size = support.REPLY_LIMIT + 12345
     assert cluster.transport.max_reply_bytes == support.REPLY_LIMIT
     with support.fake_node(cluster, "fake-big", lambda payload: bytes(size)) as fake:
-        exp = experiment(cluster, on_node_failure="skip", validate=False)
+        # validated: the healthy nodes' evaluation replies are assembled in buffers the spy sees
+        # (training replies may all be folded in while they arrive, in no buffer at all)
+        exp = experiment(cluster, on_node_failure="skip", validate=True)
         row = support.run_round(exp)
-    assert fake.requests == 1
+    assert fake.requests == 2
+    assert "max_reply_bytes" in row["validation_failures"]["fake-big"]
     assert row["nodes"] == HEALTHY
     failure = row["failures"]["fake-big"]
     assert "max_reply_bytes" in failure and str(size) in failure, failure

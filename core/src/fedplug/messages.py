@@ -280,25 +280,6 @@ def encode_parts(message: Message) -> list[Any]:
     return [struct.pack("<I", len(header)) + header, *encoder.blobs]
 
 
-def encode_buffer(message: Message, allocate: Any = None) -> np.ndarray:
-    """The bytes of :func:`encode` in a ``uint8`` array: ``allocate(size)``, which must return a
-    ``uint8`` array of ``size`` elements, or a new one. For a large message this is several
-    times cheaper than a ``bytes`` object: the kernel maps a fresh bytes object's memory one 4 kB
-    page at a time (1.2 s for 1 GiB here), while numpy asks for huge pages (0.05 s), and a
-    reused buffer costs no page at all."""
-    parts = encode_parts(message)
-    size = sum(memoryview(part).nbytes for part in parts)
-    out = allocate(size) if allocate else np.empty(size, dtype=np.uint8)
-    if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (size,)):
-        raise TypeError(f"allocate({size}) must return a uint8 array of {size} elements")
-    position = 0
-    for part in parts:
-        view = np.frombuffer(part, dtype=np.uint8)
-        out[position : position + view.size] = view
-        position += view.size
-    return out
-
-
 def frame(header: bytes, *blobs: Any) -> bytes:
     """Join a packed header and raw array bytes into one message frame."""
     return b"".join([struct.pack("<I", len(header)), header, *blobs])

@@ -157,12 +157,11 @@ def continued(frame: bytes, task: int, received: int, size: int) -> int:
 
 
 class Receiver:
-    """One message arriving in DATA frames, copied into a buffer allocated at its full size
-    (by ``allocate(size)``, default ``np.empty``)."""
+    """One message arriving in DATA frames, copied into a buffer allocated at its full size."""
 
-    def __init__(self, task: int, size: int, allocate: Any = None) -> None:
+    def __init__(self, task: int, size: int) -> None:
         self.task, self.size, self.received = task, size, 0
-        self.buffer = allocate(size) if allocate else np.empty(size, dtype=np.uint8)
+        self.buffer = np.empty(size, dtype=np.uint8)
 
     def add(self, frame: bytes) -> bool:
         """Copy one DATA frame in; True when the message is complete."""
