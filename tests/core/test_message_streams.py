@@ -196,5 +196,3 @@ def test_messages_without_arrays_and_the_expected_type():
     with pytest.raises(MessageError, match="expected a TrainReply, got a EvaluateReply"):
         decode_stream([raw], len(raw), TrainReply)
     assert set(MESSAGE_TYPES.values()) >= {EvaluateReply, TrainReply}
-
-
