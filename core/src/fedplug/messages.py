@@ -372,7 +372,7 @@ def _check_finite(arr: np.ndarray, path: str) -> None:
     # overflowing sum of huge values needs the exact, slower scan.
     if arr.dtype.kind != "f":
         return
-    with np.errstate(over="ignore"):  # an overflowing sum only sends it to the exact scan
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf: the exact scan decides
         total = arr.sum()
     if not np.isfinite(total) and not np.isfinite(arr).all():
         bad = "NaN" if np.isnan(arr).any() else "infinite values"
