@@ -16,7 +16,7 @@ ROOT = Path(fedplug.__file__).resolve().parent
 
 #: bottom to top; a module may import from its own layer and the ones before it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("errors", ("fedplug.errors",)),
+    ("errors", ("fedplug.errors", "fedplug.text")),
     (
         "contracts",
         (

@@ -58,6 +58,7 @@ CLIENTS = (
     "fake-b",
     "fake-nan",
     "hangup",
+    "staller",
 )
 STARTUP_S = 120.0  # node processes import torch & co.; the machine may be busy
 

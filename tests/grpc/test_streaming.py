@@ -11,6 +11,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ _spec.loader.exec_module(support)
 TAGS = ["streamed"]
 FEATURES = 3000  # "weight" is 3000 x 2 float64: 48 kB, a dozen 4 kB frames
 CHUNK = 4096 - 3  # frames that split elements: every piece boundary falls mid-float
-SAMPLES = {"fake-a": 3, "fake-b": 5, "fake-nan": 7, "hangup": 11}
+SAMPLES = {"fake-a": 3, "fake-b": 5, "fake-nan": 7, "hangup": 11, "staller": 13}
 
 
 def reply_to(payload, name: str, scale: float, poison: bool = False) -> msg.TrainReply:
@@ -240,4 +241,110 @@ def test_a_node_gone_before_its_reply_is_folded_again_fails_too(streamed):
     assert set(row["failures"]) == {"fake-a", "hangup"}
     assert "received again" in row["failures"]["fake-a"], row["failures"]
     for name, value in expected_fedavg(exp, before, [GOOD[1]]).items():
+        assert np.array_equal(exp.global_params[name], value), name
+
+
+class Staller:
+    """A raw client named "staller" that keeps its connection alive (a heartbeat a second) but,
+    once its reply is granted, sends ``sent`` of it (a fraction) at ``frames_per_s``, then
+    nothing more: what a broken or hostile node does to hold a round."""
+
+    def __init__(self, cluster, sent: float, frames_per_s: float = 1000.0) -> None:
+        self.cluster, self.sent, self.delay = cluster, sent, 1.0 / frames_per_s
+        self.outbox, self.stop = queue.SimpleQueue(), threading.Event()
+        self.granted = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True, name="test-staller")
+        self.thread.start()
+
+    def requests(self):
+        hello = {"name": "staller", "tags": [TAGS], "wire": msg.VERSION}
+        yield transport_module.control(transport_module.HELLO, hello)
+        while (frame := self.outbox.get()) is not None:
+            yield frame
+
+    def heartbeats(self) -> None:
+        while not self.stop.wait(1.0):
+            self.outbox.put(transport_module.control(transport_module.HEARTBEAT, {"busy": ""}))
+
+    def send(self, task: int, reply: bytes) -> None:
+        part = reply[: int(len(reply) * self.sent)]
+        for piece in transport_module.data_frames(task, [part], CHUNK):
+            if self.stop.wait(self.delay):
+                return
+            self.outbox.put(piece)
+
+    def run(self) -> None:
+        threading.Thread(target=self.heartbeats, daemon=True).start()
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.cluster.ca)
+        with grpc.secure_channel(self.cluster.address, credentials) as channel:
+            call = channel.stream_stream(transport_module.METHOD)(
+                self.requests(),
+                metadata=(("authorization", f"Bearer {self.cluster.token('staller')}"),),
+                timeout=120,
+            )
+            receiver = None
+            try:
+                for frame in call:
+                    kind = frame[0]
+                    if kind == transport_module.TASK:
+                        body = transport_module.parse_control(
+                            frame, kind, {"task": int, "size": int}
+                        )
+                        receiver = transport_module.Receiver(body["task"], body["size"])
+                    elif kind == transport_module.DATA and receiver.add(frame):
+                        self.reply = msg.encode(reply_to(bytes(receiver.message()), "staller", 3))
+                        ready = {"task": receiver.task, "size": len(self.reply)}
+                        self.outbox.put(transport_module.control(transport_module.READY, ready))
+                    elif kind == transport_module.GRANT:
+                        self.granted.set()
+                        task = transport_module.parse_control(frame, kind, {"task": int})["task"]
+                        threading.Thread(
+                            target=self.send, args=(task, self.reply), daemon=True
+                        ).start()
+            except grpc.RpcError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.outbox.put(None)
+        self.thread.join(30)
+
+
+@pytest.mark.parametrize(
+    ("where", "sent", "frames_per_s", "timeouts", "match"),
+    [
+        # nothing after READY: the stall bound (the default is the heartbeat timeout)
+        ("streamed", 0.0, 1000.0, {"stall_timeout": 2.0}, "stalled: no reply data"),
+        # half of it, then silence, granted early (assembled in a buffer) or streamed
+        ("cluster", 0.5, 1000.0, {"stall_timeout": 2.0}, "stalled: no reply data"),
+        ("streamed", 0.5, 1000.0, {"stall_timeout": 2.0}, "stalled: no reply data"),
+        # a frame every 1.5 s: never stalled, but the whole reply would take a minute
+        ("streamed", 1.0, 0.66, {"request_timeout": 4.0}, "within request_timeout=4 s"),
+    ],
+    ids=["nothing", "half-buffered", "half-streamed", "trickle"],
+)
+def test_a_node_that_stops_sending_its_granted_reply_fails_in_bounded_time(
+    request, monkeypatch, where, sent, frames_per_s, timeouts, match
+):
+    cluster = request.getfixturevalue(where)
+    for name, value in timeouts.items():
+        monkeypatch.setattr(cluster.transport, name, value)
+    with fake(cluster, "fake-a", 2.0), fake(cluster, "fake-b", -0.5):
+        client = Staller(cluster, sent, frames_per_s)
+        try:
+            cluster.transport.wait_for_nodes(TAGS, names=["staller"], timeout=60)
+            exp = experiment(cluster)
+            assert exp.nodes == ["fake-a", "fake-b", "staller"]
+            before = {k: np.array(v, copy=True) for k, v in exp.global_params.items()}
+            start = time.monotonic()
+            row = support.run_round(exp, timeout=60)
+            seconds = time.monotonic() - start
+        finally:
+            client.close()
+    assert client.granted.is_set()
+    assert row["nodes"] == ["fake-a", "fake-b"]
+    assert match in row["failures"]["staller"], row["failures"]
+    bound = max(timeouts.values())
+    assert seconds < bound + 3.0, f"the round took {seconds:.1f} s with a bound of {bound} s"
+    for name, value in expected_fedavg(exp, before).items():
         assert np.array_equal(exp.global_params[name], value), name

@@ -101,6 +101,25 @@ def test_a_node_speaking_another_message_format_is_refused_at_hello(cluster):
     assert NAME not in cluster.transport.node_tags()
 
 
+@pytest.mark.parametrize(
+    "hello",
+    [
+        {**HELLO_BODY, "tags": [["fuzz", "ok\x1b[2K\x1b[1Gadmin-trusted"]]},
+        {**HELLO_BODY, "tags": [["fuzz", "x\u202ey"]]},
+    ],
+    ids=["escape-in-tags", "bidi-in-tags"],
+)
+def test_a_hello_with_characters_a_terminal_acts_on_is_refused(cluster, hello):
+    """A node's name and tags end up in the researcher's messages and logs."""
+    frame = transport_module.control(transport_module.HELLO, hello)
+    received, error = support.raw_stream(cluster, NAME, [frame])
+    assert received == [] and error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "control or formatting characters" in error.details()
+    assert "\x1b" not in error.details() and "\u202e" not in error.details()
+    assert NAME not in cluster.transport.node_tags()
+
+
 # -- liveness: the researcher's heartbeat settings apply to every node -------------------------
 
 QUICK_HEARTBEAT_NODES = {  # nodes with node.toml's default heartbeat_s (5 s)

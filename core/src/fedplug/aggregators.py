@@ -150,10 +150,14 @@ class FedAverage(Aggregator):
         if scratch is None or scratch.size < min(values.size, self._CHUNK):
             scratch = np.empty(min(values.size, self._CHUNK), dtype=flat_sum.dtype)
             self._scratch[flat_sum.dtype] = scratch
-        for offset in range(0, values.size, self._CHUNK):
-            part = scratch[: min(self._CHUNK, values.size - offset)]
-            np.multiply(values[offset : offset + part.size], n_samples, out=part, casting="unsafe")
-            flat_sum[offset : offset + part.size] += part
+        # values near their type's limit overflow: the round refuses a result that is not finite
+        with np.errstate(over="ignore", invalid="ignore"):
+            for offset in range(0, values.size, self._CHUNK):
+                part = scratch[: min(self._CHUNK, values.size - offset)]
+                np.multiply(
+                    values[offset : offset + part.size], n_samples, out=part, casting="unsafe"
+                )
+                flat_sum[offset : offset + part.size] += part
 
     def commit(self, node: str, n_samples: int) -> None:
         self.nodes.append(node)

@@ -35,6 +35,7 @@ from fedplug.errors import MessageError
 VERSION = 2
 DEFAULT_MAX_BYTES = 4 * 1024**3
 _MAX_NDIM = 32
+_MAX_DIM = 2**48  # elements along one dimension
 _DTYPES = frozenset(
     np.dtype(name).str
     for name in (
@@ -322,7 +323,9 @@ class _Decoder:
                 f"{path}: unsupported dtype {dtype!r}; allowed: {', '.join(sorted(_DTYPES))}"
             )
         if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM and all(map(_is_count, shape))):
-            raise MessageError(f"{path}: invalid shape {shape!r}")
+            raise MessageError(f"{path}: invalid shape {shape!r:.80}")
+        if any(size > _MAX_DIM for size in shape):  # numpy refuses them, even with no element
+            raise MessageError(f"{path}: shape {shape!r:.80} has a dimension over {_MAX_DIM}")
         if not (_is_count(offset) and _is_count(nbytes)):
             raise MessageError(f"{path}: array offset and nbytes must be non-negative ints")
         expected = math.prod(shape) * np.dtype(dtype).itemsize
@@ -640,7 +643,12 @@ class _Filling:
 
     def array(self) -> np.ndarray:
         data = self.buffer if self.view is None else np.frombuffer(self.view, np.uint8)
-        arr = data.view(self.slot.dtype).reshape(self.slot.shape)
+        try:
+            arr = data.view(self.slot.dtype).reshape(self.slot.shape)
+        except (ValueError, OverflowError) as exc:
+            raise MessageError(
+                f"{self.slot.path}: invalid shape {self.slot.shape}: {exc}"
+            ) from None
         _check_finite(arr, self.slot.path)
         arr.flags.writeable = False
         return arr

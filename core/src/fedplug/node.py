@@ -28,8 +28,9 @@ from fedplug.datasets import Dataset
 from fedplug.errors import ConfigError, FedplugError, MessageError, NodeError, PlanError, describe
 from fedplug.optimizer import Optimizer, pack_aux_vars
 from fedplug.plan import TrainingArgs, TrainingPlan, params_spec
-from fedplug.planref import load_plan_class, source_hash
+from fedplug.planref import check_reviewable, load_plan_class, source_hash
 from fedplug.plugins import FedplugPluginManager, active, get_plugin_manager
+from fedplug.text import inert
 
 
 @dataclass
@@ -180,7 +181,12 @@ class Node:
             if isinstance(request, (bytes, bytearray, memoryview)):
                 size = memoryview(request).nbytes if size is None else size
                 request = (request,)
-            return msg.encode_parts(self._serve(request, size))
+            reply = self._serve(request, size)
+            try:
+                return msg.encode_parts(reply)
+            except Exception as exc:  # e.g. a plan whose parameters no message can carry
+                ids = [reply.experiment_id, reply.round_index]
+                return msg.encode_parts(self._failed(ids, exc))
 
     def _serve(self, chunks: Iterable[Any], size: int | None) -> msg.Message:
         ids: list[Any] = ["", -1]
@@ -268,9 +274,10 @@ class Node:
         """Refuse shipped source whose hash the administrator has not approved; never run it."""
         if not ref.source or not ref.sha256 or source_hash(ref.source) != ref.sha256:
             raise PlanError(
-                f"plan {ref.class_name}: its source does not match its hash {ref.sha256}; "
-                "refusing to run it"
+                f"plan {inert(ref.class_name)}: its source does not match its hash "
+                f"{inert(ref.sha256)}; refusing to run it"
             )
+        check_reviewable(ref.source, ref.class_name)  # before it is recorded for review
         status = "approved" if ref.sha256 in self.approved_plans else "pending"
         if self.plan_store is not None and status != "approved":
             status = self.plan_store.record_plan(ref.sha256, ref.class_name, ref.source)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from fedplug.errors import PlanError
 from fedplug.messages import PlanRef
 from fedplug.plan import TrainingPlan
+from fedplug.text import inert, unsafe_characters
 
 if TYPE_CHECKING:
     from fedplug.plugins import Registry
@@ -50,14 +51,32 @@ def plan_source(plan_cls: type[TrainingPlan], dependencies: list[str]) -> str:
     return normalize_source("\n".join(imports) + "\n\n\n" + body)
 
 
+def check_reviewable(source: str, class_name: str | None) -> None:
+    """Refuse shipped source a reviewer could be shown something else than what runs: control
+    or formatting characters other than newlines, tabs and form feeds (an escape sequence that
+    erases a line in a terminal, a right-to-left override), or a class name that is not a
+    Python identifier."""
+    hidden = unsafe_characters(source)
+    if hidden:
+        raise PlanError(
+            f"plan {inert(class_name)}: its source holds control or formatting characters "
+            f"({', '.join(hidden[:5])}) that can hide code from whoever reviews it in a terminal; "
+            "refusing it (remove them from the plan's file: ordinary code needs none)"
+        )
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise PlanError(f"plan class name {inert(class_name)!r} is not a Python identifier")
+
+
 def make_plan_ref(
     plan_cls: type[TrainingPlan], dependencies: list[str], registry: Registry
 ) -> PlanRef:
-    """A name when ``plan_cls`` is registered by a plugin, else its source and hash."""
+    """A name when ``plan_cls`` is registered by a plugin, else its source and hash (refused
+    here, before any node sees it, when a reviewer could not read it as it runs)."""
     name = registry.name_of(plan_cls)
     if name is not None:
         return PlanRef(name=name, class_name=plan_cls.__qualname__)
     source = plan_source(plan_cls, dependencies)
+    check_reviewable(source, plan_cls.__name__)
     return PlanRef(source=source, class_name=plan_cls.__name__, sha256=source_hash(source))
 
 
@@ -80,7 +99,10 @@ def load_plan_class(ref: PlanRef, registry: Registry) -> type[TrainingPlan]:
             "a plan reference needs a registered name, or source, class_name and sha256"
         )
     if source_hash(ref.source) != ref.sha256:
-        raise PlanError(f"plan source does not match its hash {ref.sha256}; refusing to run it")
+        raise PlanError(
+            f"plan source does not match its hash {inert(ref.sha256)}; refusing to run it"
+        )
+    check_reviewable(ref.source, ref.class_name)
     module = types.ModuleType(f"fedplug_plan_{ref.sha256[:16]}")
     # The module's loader serves the source, so inspect.getsource() finds the class again (a
     # researcher that rebuilt a plan from a checkpoint) and tracebacks show its lines.

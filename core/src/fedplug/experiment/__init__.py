@@ -547,11 +547,13 @@ class Experiment:
         train_s = (round.trained_at or time.perf_counter()) - start
         optimizer_state = self.agg_optimizer.get_state() if self.agg_optimizer else None
         try:  # the round is applied whole or not at all
+            _check_finite(aggregated, "the aggregate of the nodes' parameters", round)
             if self.agg_optimizer is not None:
                 if round.aux_sum:
                     self.agg_optimizer.process_aux_var(round.aux_sum)
                 self.agg_optimizer.start_round()
                 new_global = self.agg_optimizer.step_global(self._global, aggregated)
+                _check_finite(new_global, "the researcher optimizer's step", round)
             else:
                 new_global = aggregated
             row = train_summary(index, round.replies)
@@ -604,6 +606,22 @@ class Experiment:
         return (
             f"Experiment(plan={self.plan_class.__qualname__}, nodes={self.nodes}, "
             f"aggregator={self.aggregator.name!r}, round={self.round_index}/{self.round_limit})"
+        )
+
+
+def _check_finite(params: Params, what: str, round: TrainingRound) -> None:
+    """Refuse a round whose result is not finite (finite values near their type's limit
+    overflow when summed): applied, it would poison the global model for every later round."""
+    bad = sorted(
+        name
+        for name, value in params.items()
+        if value.dtype.kind == "f" and not np.isfinite(value).all()
+    )
+    if bad:
+        raise AggregationError(
+            f"round {round.index}: {what} is not finite in {bad}: a sum overflowed, so some "
+            "node sent values near its float type's limit. The round is not applied and the "
+            f"global model is unchanged; suspects, the nodes aggregated: {sorted(round.replies)}"
         )
 
 

@@ -25,6 +25,7 @@ from fedplug.aggregators import Aggregator
 from fedplug.errors import AggregationError, FedplugError, MessageError, NodeError
 from fedplug.optimizer import Optimizer, pack_aux_vars
 from fedplug.plan import Params, params_spec
+from fedplug.text import inert
 
 log = logging.getLogger("fedplug.experiment")
 
@@ -111,7 +112,11 @@ class Dispatch:
                     if isinstance(reply, msg.TrainReply):  # folded: let its memory go
                         reply.params, reply.aux_vars, reply.secagg = {}, {}, None
                     replies[node] = reply
-                except FedplugError as exc:
+                except Exception as exc:  # one node's reply, whatever went wrong: its failure
+                    if not isinstance(exc, FedplugError):
+                        exc = MessageError(
+                            f"its reply could not be handled: {type(exc).__name__}: {inert(exc)}"
+                        )
                     if self.on_node_failure == "fail":
                         raise NodeError(
                             node,
@@ -133,14 +138,16 @@ class Dispatch:
     def check_reply(self, node: str, reply: Any, index: int) -> None:
         """A reply must come from ``node``, for this experiment and round, and not be an error."""
         if reply.node != node:
-            raise MessageError(f"reply from {node!r} claims to come from {reply.node!r}")
+            raise MessageError(f"reply from {node!r} claims to come from {inert(reply.node)!r}")
         if reply.experiment_id != self.experiment_id or reply.round_index != index:
             raise MessageError(
-                f"reply from {node!r} is for experiment {reply.experiment_id!r} round "
+                f"reply from {node!r} is for experiment {inert(reply.experiment_id)!r} round "
                 f"{reply.round_index}, expected {self.experiment_id!r} round {index}"
             )
-        if isinstance(reply, msg.ErrorReply):
-            raise NodeError(node, f"{reply.error}: {reply.message}")
+        if isinstance(reply, msg.ErrorReply):  # the node's words: shown, never obeyed
+            raise NodeError(node, f"{inert(reply.error)}: {inert(reply.message)}")
+        if getattr(reply, "n_samples", 0) < 0:
+            raise MessageError(f"reply from {node!r} reports {reply.n_samples} samples")
 
     def _receive(
         self,
@@ -191,8 +198,9 @@ class Dispatch:
             for position, (node, stream) in enumerate(folded):
                 try:
                     self._receive(node, stream.replay(), index, expected, fold, on_header)
-                except FedplugError as exc:
-                    failures[node] = f"{failure_text(exc)} (while its reply was received again)"
+                except Exception as exc:
+                    reason = failure_text(exc) if isinstance(exc, FedplugError) else inert(exc)
+                    failures[node] = f"{reason} (while its reply was received again)"
                     replies.pop(node, None)
                     del folded[position]
                     break

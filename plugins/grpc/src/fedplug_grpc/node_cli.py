@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from fedplug.errors import ConfigError, FedplugError, PluginError
-from fedplug_grpc.nodestore import PLAN_STATUSES, DatasetRecord, NodeStore, validate_dataset
+from fedplug.text import SOURCE_WHITESPACE, inert, unsafe_characters
+from fedplug_grpc.nodestore import (
+    PLAN_STATUSES,
+    DatasetRecord,
+    NodeStore,
+    PlanRecord,
+    validate_dataset,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -348,33 +355,69 @@ def _cmd_plan_list(args: argparse.Namespace) -> int:
         print("no training plans" + (f" with status {args.status}" if args.status else ""))
         return 0
     rows = [
-        [r.sha256[:16], r.class_name or "-", r.status, r.first_seen, r.decided or "-", r.note]
+        [
+            inert(r.sha256[:16]),
+            inert(r.class_name or "-"),
+            r.status,
+            r.first_seen,
+            r.decided or "-",
+            inert(r.note),
+            _hidden_warning(r) or "",
+        ]
         for r in records
     ]
-    print(format_table(["sha256", "class", "status", "first seen", "decided", "note"], rows))
+    headers = ["sha256", "class", "status", "first seen", "decided", "note", "warning"]
+    print(format_table(headers, rows))
     return 0
+
+
+def _hidden_warning(plan: PlanRecord) -> str | None:
+    """A flag for a plan whose source or class name holds characters a terminal acts on
+    (recorded by an older node: this one refuses such plans)."""
+    hidden = unsafe_characters(plan.source or "") + unsafe_characters(plan.class_name or "", "")
+    if not hidden:
+        return None
+    return f"HIDDEN CHARACTERS {' '.join(dict.fromkeys(hidden))}: do not approve"
 
 
 @_reporting
 def _cmd_plan_show(args: argparse.Namespace) -> int:
     plan = _store(args).get_plan(args.ref)
-    print(f"sha256:     {plan.sha256}")
-    print(f"class:      {plan.class_name or '-'}")
+    warning = _hidden_warning(plan)
+    if warning:
+        print(
+            f"warning: {warning}. This plan's text holds control or formatting characters, shown "
+            "below as escapes (e.g. \\x1b): in a terminal they can hide or reorder code, so the "
+            "source you would read is not the one that would run."
+        )
+    print(f"sha256:     {inert(plan.sha256)}")
+    print(f"class:      {inert(plan.class_name or '-')}")
     print(f"status:     {plan.status}")
     print(f"first seen: {plan.first_seen}")
     print(f"decided:    {plan.decided or '-'}")
     if plan.note:
-        print(f"note:       {plan.note}")
+        print(f"note:       {inert(plan.note)}")
     print()
-    print(plan.source if plan.source is not None else "(source not received yet)")
+    source = plan.source if plan.source is not None else "(source not received yet)"
+    print(inert(source, keep=SOURCE_WHITESPACE))
     return 0
 
 
 def _decide(args: argparse.Namespace, status: str) -> int:
     store = _store(args)
+    if status == "approved":
+        try:
+            warning = _hidden_warning(store.get_plan(args.ref))
+        except ConfigError:  # approving a hash the node has not seen yet
+            warning = None
+        if warning:
+            raise ConfigError(
+                f"refusing to approve plan {args.ref}: {warning.lower()}; its source holds "
+                "characters that can hide code from a review (this node would not run it anyway)"
+            )
     decide = store.approve_plan if status == "approved" else store.reject_plan
     plan = decide(args.ref, note=args.note)
-    print(f"{status} plan {plan.sha256} ({plan.class_name or 'not received yet'})")
+    print(f"{status} plan {plan.sha256} ({inert(plan.class_name or 'not received yet')})")
     return 0
 
 

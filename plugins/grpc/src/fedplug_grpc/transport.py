@@ -68,6 +68,7 @@ import numpy as np
 
 from fedplug import messages as msg
 from fedplug.errors import ConfigError, FedplugError, MessageError, NodeError
+from fedplug.text import inert, unsafe_characters
 
 log = logging.getLogger("fedplug.grpc")
 
@@ -318,6 +319,8 @@ class _Task:
     receiver: Receiver | None = None  # a reply granted early: assembled in a buffer
     frames: deque | None = None  # a streamed reply: DATA frames not yet taken
     received: int = 0  # bytes of a streamed reply that have arrived
+    granted: float = 0.0  # when its reply was granted (monotonic)
+    progress: float = 0.0  # when its reply last moved: granted, or a DATA frame arrived
     error: str = ""
 
     def fail(self, reason: str) -> None:
@@ -357,8 +360,12 @@ class GrpcTransport:
         directory's ``ca.pem``.
     :param heartbeat_s: how often both sides send a heartbeat; a node silent for
         ``heartbeat_timeout`` (default ``3 * heartbeat_s + 2``) is dropped.
-    :param request_timeout: seconds a node may take to answer one request (None: no limit, a
-        dropped node is still detected by heartbeats).
+    :param request_timeout: seconds a node may take to answer one request, and then to send its
+        whole reply once the researcher grants it (None: no limit; a dropped node is still
+        detected by heartbeats).
+    :param stall_timeout: seconds a granted reply may go without a DATA frame while the
+        researcher waits for one (default ``heartbeat_timeout``): a node that keeps its
+        connection alive but stops sending its reply fails, whatever ``request_timeout``.
     :param max_reply_bytes: largest reply accepted (default: twice the request, at least 64 MiB).
     :param early_reply_bytes: memory for replies that arrive before their turn to be aggregated.
     :param max_nodes: connections served at once.
@@ -376,6 +383,7 @@ class GrpcTransport:
         heartbeat_s: float = 5.0,
         heartbeat_timeout: float | None = None,
         request_timeout: float | None = None,
+        stall_timeout: float | None = None,
         max_reply_bytes: int | None = None,
         early_reply_bytes: int = 64 << 20,
         max_nodes: int = 64,
@@ -385,11 +393,17 @@ class GrpcTransport:
 
         from fedplug_grpc import certs
 
-        for what, value in (("heartbeat_s", heartbeat_s), ("request_timeout", request_timeout)):
+        bounds = (
+            ("heartbeat_s", heartbeat_s),
+            ("request_timeout", request_timeout),
+            ("stall_timeout", stall_timeout),
+        )
+        for what, value in bounds:
             if value is not None and (isinstance(value, bool) or not value > 0):
                 raise ConfigError(f"{what} must be a positive number of seconds, got {value!r}")
         self.heartbeat_s = float(heartbeat_s)
         self.heartbeat_timeout = heartbeat_timeout or 3 * self.heartbeat_s + 2
+        self.stall_timeout = stall_timeout or self.heartbeat_timeout
         self.request_timeout = request_timeout
         self.max_reply_bytes = max_reply_bytes
         self.early_reply_bytes = early_reply_bytes
@@ -544,7 +558,13 @@ class GrpcTransport:
             if not all(isinstance(t, list) and all(isinstance(x, str) for x in t) for t in tags):
                 raise ProtocolError("HELLO frame: tags must be a list of lists of strings")
             if not 0 < len(hello["name"]) <= 64:
-                raise ProtocolError(f"HELLO frame: invalid node name {hello['name']!r:.80}")
+                raise ProtocolError(f"HELLO frame: invalid node name {inert(hello['name'])!r:.80}")
+            hidden = unsafe_characters(hello["name"] + "".join(x for t in tags for x in t), "")
+            if hidden:  # names and tags end up in the researcher's terminal and logs
+                raise ProtocolError(
+                    f"HELLO frame: control or formatting characters ({', '.join(hidden[:5])}) in "
+                    "the node's name or dataset tags"
+                )
         except grpc.RpcError:
             return  # the node went away before saying who it is
         except (ProtocolError, StopIteration) as exc:
@@ -620,6 +640,7 @@ class GrpcTransport:
                 self._stream_frame(conn, task, frame)
                 return
             if task is not None and task.state == "receiving" and task.receiver is not None:
+                task.progress = time.monotonic()
                 if task.receiver.add(frame):
                     task.state = "done"
                     self._cv.notify_all()
@@ -635,7 +656,7 @@ class GrpcTransport:
                     return
                 raise ProtocolError(f"{_KIND_NAMES[kind]} for unknown task {body['task']}")
             if kind == REFUSED:
-                task.fail(str(body.get("message", "refused the request")))
+                task.fail(inert(body.get("message", "refused the request")))
             elif task.state not in ("sending", "running"):
                 raise ProtocolError(f"READY for task {task.id} in state {task.state}")
             else:
@@ -664,6 +685,7 @@ class GrpcTransport:
             return  # the task ended meanwhile
         task.frames.append(frame)
         task.received += n
+        task.progress = time.monotonic()
         if task.received == task.size:
             task.state = "done"
         self._cv.notify_all()
@@ -692,6 +714,7 @@ class GrpcTransport:
                 raise ProtocolError(f"task {task.id} cannot be replayed in state {task.state}")
             task.state, task.error, task.received = "receiving", "", 0
             task.frames, task.receiver = deque(), None
+            task.granted = task.progress = time.monotonic()
             conn.task = task
             conn.outbox.put(control(GRANT, {"task": task.id}))
 
@@ -717,7 +740,7 @@ class GrpcTransport:
             self._drop(conn, reason)
 
     def _watch(self) -> None:
-        """Drop nodes that stopped sending heartbeats."""
+        """Drop nodes that stopped sending heartbeats; fail replies that stopped arriving."""
         while not self._closing:
             time.sleep(min(1.0, self.heartbeat_s / 2))
             now = time.monotonic()
@@ -726,6 +749,29 @@ class GrpcTransport:
                     silent = now - conn.last_seen
                     if silent > self.heartbeat_timeout:
                         self._drop(conn, f"no heartbeat for {silent:.1f} s", "DEADLINE_EXCEEDED")
+                    elif conn.task is not None and conn.task.state == "receiving":
+                        self._check_reply(conn, conn.task, now)
+
+    def _check_reply(self, conn: _Conn, task: _Task, now: float) -> None:
+        """Fail a granted reply (lock held) that stalls while the researcher waits for its next
+        frame, or that takes longer than ``request_timeout`` to arrive whole."""
+        waiting = task.frames is None or len(task.frames) < STREAM_FRAMES  # else: our turn
+        reason = ""
+        if waiting and now - task.progress > self.stall_timeout:
+            reason = (
+                f"stalled: no reply data for {now - task.progress:.1f} s after its reply was "
+                f"granted ({task.received if task.frames is not None else 'part'} of "
+                f"{task.size} bytes arrived; stall_timeout={self.stall_timeout:g} s)"
+            )
+        elif self.request_timeout is not None and now - task.granted > self.request_timeout:
+            reason = (
+                f"its reply did not arrive whole within request_timeout="
+                f"{self.request_timeout:g} s of being granted"
+            )
+        if reason:
+            self._cancel(conn, task)
+            task.fail(reason)
+            self._cv.notify_all()
 
     # -- the Transport protocol -----------------------------------------------------------------
     def node_tags(self) -> dict[str, list[list[str]]]:
@@ -870,6 +916,7 @@ class GrpcTransport:
 
     def _grant(self, task: _Task, streams: bool = False) -> None:
         task.state = "receiving"
+        task.granted = task.progress = time.monotonic()
         if streams:
             task.frames, task.received = deque(), 0
         else:
@@ -1022,7 +1069,10 @@ class NodeClient:
                 reason = self._session()
             except _Fatal as exc:
                 log.error(
-                    "node %r refused by the researcher at %s: %s", self.node.name, self.address, exc
+                    "node %r refused by the researcher at %s: %s",
+                    self.node.name,
+                    self.address,
+                    inert(exc),
                 )
                 return 3
             if self.stop_event.is_set():
@@ -1030,7 +1080,10 @@ class NodeClient:
             if time.monotonic() - start > 10:
                 delay = self.reconnect_s
             log.warning(
-                "connection to %s ended (%s); retrying in %.1f s", self.address, reason, delay
+                "connection to %s ended (%s); retrying in %.1f s",
+                self.address,
+                inert(reason),
+                delay,
             )
             self.stop_event.wait(delay)
             delay = min(delay * 2, self.max_reconnect_s)
