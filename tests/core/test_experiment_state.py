@@ -101,3 +101,38 @@ def test_resuming_continues_the_node_side_sessions_of_running_nodes(tmp_path):
     resumed.run()
     assert federation[0]._sessions[resumed.id].plan.optimizer.declearn.modules[0] is client
     assert len(resumed.agg_optimizer.declearn.modules[0].clients) == 3  # same clients, no new ones
+
+
+def test_a_checkpoint_folder_belongs_to_one_experiment(tmp_path):
+    """A new experiment refuses a folder holding another's checkpoints (it would prune them,
+    and a later resume would pick the wrong experiment); the owner resumes from it."""
+    first = Experiment(
+        nodes=nodes("owner"),
+        training_plan="numpy-logreg",
+        model_args={"n_features": 4},
+        training_args={"batch_size": 10},
+        round_limit=3,
+        seed=9,
+        checkpoint_dir=tmp_path,
+    )
+    first.run()
+    assert sorted(p.name for p in tmp_path.glob("round-*.npz")) == [
+        "round-00002.npz",
+        "round-00003.npz",
+    ]
+    with pytest.raises(ConfigError, match=f"holds checkpoints of another experiment.*{first.id}"):
+        Experiment(
+            nodes=nodes("other"),
+            training_plan="numpy-logreg",
+            model_args={"n_features": 4},
+            round_limit=1,
+            checkpoint_dir=tmp_path,
+        )
+    assert sorted(p.name for p in tmp_path.glob("round-*.npz")) == [  # nothing pruned
+        "round-00002.npz",
+        "round-00003.npz",
+    ]
+    resumed = Experiment.load_checkpoint(tmp_path, nodes=nodes("owner"), round_limit=4)
+    assert resumed.id == first.id and resumed.round_index == 3
+    resumed.run()
+    assert resumed.round_index == 4

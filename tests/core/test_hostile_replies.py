@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import tracemalloc
 
 import msgpack
 import numpy as np
@@ -202,3 +203,66 @@ def test_negative_sample_counts_are_refused(make_nodes):
     assert "reports -200 samples" in row["validation_failures"][bad.name]
     assert bad.name not in row["validation"]
     assert 0.0 <= row["validation_global"]["accuracy"] <= 1.0
+
+
+# -- item 3: decoder amplification ----------------------------------------------------------
+
+
+def header_of_empty_maps(n: int, type_name: str = "ErrorReply") -> bytes:
+    """A message whose header's body is an array of ``n`` empty maps (one byte each)."""
+    body = b"\xdd" + struct.pack(">I", n) + b"\x80" * n
+    envelope = (
+        b"\x83"
+        + msgpack.packb("fedplug")
+        + msgpack.packb(msg.VERSION)
+        + msgpack.packb("type")
+        + msgpack.packb(type_name)
+        + msgpack.packb("body")
+        + body
+    )
+    return struct.pack("<I", len(envelope)) + envelope
+
+
+@pytest.mark.parametrize("how", ["whole", "streamed"])
+def test_a_header_of_empty_containers_costs_bounded_memory(how):
+    data = header_of_empty_maps(4 << 20)  # 4 MiB: about 300 MiB of Python objects before
+    tracemalloc.start()
+    try:
+        with pytest.raises(MessageError, match="more than 200000 lists and maps"):
+            if how == "whole":
+                msg.decode(data)
+            else:
+                msg.decode_stream(
+                    [data[i : i + 65536] for i in range(0, len(data), 65536)], len(data)
+                )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 << 20, f"{peak >> 20} MiB for a 4 MiB header"
+
+
+def test_a_header_over_the_limit_is_refused_before_it_is_read():
+    data = header_of_empty_maps(2 << 20)
+    taken = []
+
+    def chunks():
+        for i in range(0, len(data), 4096):
+            taken.append(i)
+            yield data[i : i + 4096]
+
+    with pytest.raises(MessageError, match="exceeds the limit of 1048576 bytes"):
+        msg.decode_stream(chunks(), len(data), max_header_bytes=msg.REPLY_HEADER_BYTES)
+    assert len(taken) == 1  # its length was enough
+    with pytest.raises(MessageError, match="exceeds the limit of 1048576 bytes"):
+        msg.decode(data, max_header_bytes=msg.REPLY_HEADER_BYTES)
+
+
+def test_the_researcher_reads_replies_with_a_small_header_limit(make_nodes):
+    good = make_nodes((60, 80))
+    [bad] = make_nodes((70,), tags=good[0].datasets[0].tags, node_cls=Forger)
+    bad.forge = lambda reply: msg.encode(
+        msg.ErrorReply(reply.experiment_id, reply.round_index, reply.node, "E", "x" * (2 << 20))
+    )
+    row = experiment([*good, bad], on_node_failure="skip").run_once()
+    assert row["nodes"] == [node.name for node in good]
+    assert "exceeds the limit of 1048576 bytes" in row["failures"][bad.name]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedplug import Experiment, LogisticRegressionPlan, NodeError, Optimizer
-from fedplug_grpc.nodeconfig import NodeLimits
+from fedplug import Experiment, LogisticRegressionPlan, NodeError, NodeLimits, Optimizer
+from fedplug import messages as msg
 from fedplug_grpc.nodestore import NodeStore
 
 MODEL_ARGS = {"n_features": 4}
@@ -66,6 +66,32 @@ def test_allowed_plugins_restricts_registered_plans(make_nodes):
         _experiment(nodes, training_plan="numpy-logreg").run_once()
     allowed = make_nodes(limits=NodeLimits(allowed_plugins=("fedplug",)))
     assert len(_experiment(allowed, training_plan="numpy-logreg").run()) == 2
+
+
+def test_a_plan_over_max_plan_mb_is_refused_before_training_and_not_kept(make_nodes):
+    """A few bytes of model_args can ask for gigabytes: the plan is measured right after it is
+    built and discarded with its session."""
+    [node] = make_nodes((40,), limits=NodeLimits(max_plan_mb=1))
+    big = {"n_features": 100_000}  # 100,000 x 2 float64 weights: 1.5 MiB
+    request = msg.TrainRequest("exp-big", 0, msg.PlanRef(name="numpy-logreg"), big, {}, [], {})
+    reply = msg.decode(b"".join(node.serve(msg.encode(request))))
+    assert isinstance(reply, msg.ErrorReply), reply
+    assert "1.5 MiB of parameters, over this node's limit of 1 MiB" in reply.message
+    assert "max_plan_mb" in reply.message
+    assert not node._sessions
+    assert len(_experiment([node]).run()) == 2  # a plan within the limit runs
+
+
+def test_a_refused_request_does_not_keep_the_session_it_made(make_nodes):
+    [node] = make_nodes((40,))
+    wrong = {"weight": np.zeros((3, 2)), "bias": np.zeros(2)}  # the plan has 4 features
+    for index in range(10):  # more than max_sessions (8) refused experiments
+        request = msg.TrainRequest(
+            f"exp-{index}", 0, msg.PlanRef(name="numpy-logreg"), MODEL_ARGS, {}, [], wrong
+        )
+        reply = msg.decode(b"".join(node.serve(msg.encode(request))))
+        assert "do not match the plan's model" in reply.message
+    assert not node._sessions
 
 
 def test_a_plan_is_recorded_pending_and_runs_once_approved_in_the_registry(make_nodes, tmp_path):

@@ -113,8 +113,9 @@ def test_a_plan_without_buffers_is_loaded_through_set_parameters(make_nodes, mon
 def test_a_nan_that_arrives_late_is_refused_and_leaves_no_trace_in_the_next_round(make_nodes):
     a, b = make_nodes((40, 40))
     b.datasets = a.datasets
+    same_reply(streamed(a, train_request()), whole(b, train_request()))  # round 0: a session
     bad = {"weight": PARAMS["weight"], "bias": np.array([0.0, np.nan])}  # bias: the last array
-    reply = streamed(a, train_request(bad), chunk=16)
+    reply = streamed(a, train_request(bad, round_index=1), chunk=16)
     assert isinstance(reply, msg.ErrorReply) and reply.error == "MessageError"
     assert "NaN" in reply.message and "bias" in reply.message
     assert reply.experiment_id == "exp-stream"
@@ -122,7 +123,7 @@ def test_a_nan_that_arrives_late_is_refused_and_leaves_no_trace_in_the_next_roun
     assert np.array_equal(
         a._sessions["exp-stream"].plan.parameter_buffers()["weight"], bad["weight"]
     )
-    same_reply(streamed(a, train_request()), whole(b, train_request()))
+    same_reply(streamed(a, train_request(round_index=1)), whole(b, train_request(round_index=1)))
 
 
 def test_a_wrong_shape_is_refused_before_any_parameter_is_written(make_nodes):

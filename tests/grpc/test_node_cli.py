@@ -75,7 +75,8 @@ max_message_mb = 16
     assert config.ca_cert == folder / "certs" / "ca.pem"
     assert config.token == "tok-123"
     assert (config.heartbeat_s, config.reconnect_s, config.max_reconnect_s) == (1.0, 0.5, 10.0)
-    assert config.limits == NodeLimits(3, 500, 64, ("torch", "sklearn"))
+    # the plan-size limit defaults to the largest request: a bigger plan could never be fed
+    assert config.limits == NodeLimits(3, 500, 64, ("torch", "sklearn"), max_plan_mb=16.0)
     assert config.max_message_bytes == 16 * 1024 * 1024
     assert "tok-123" not in repr(config)
     assert node_database(path) == config.database
@@ -88,7 +89,7 @@ def test_defaults(tmp_path):
     assert config.ca_cert is None
     assert config.token == "secret-token"
     assert (config.heartbeat_s, config.reconnect_s, config.max_reconnect_s) == (5.0, 2.0, 30.0)
-    assert config.limits == NodeLimits(None, None, None, None)
+    assert config.limits == NodeLimits(None, None, None, None, max_plan_mb=8192.0)
     assert config.max_message_bytes == 8192 * 1024 * 1024
 
 
@@ -141,6 +142,7 @@ def replace(old: str, new: str) -> str:
         (NODE + "[limits]\nmax_epochs = 2.5\n", "limits.max_epochs must be an integer, got 2.5"),
         (NODE + "[limits]\nmax_updates = true\n", "limits.max_updates must be an integer, got"),
         (NODE + "[limits]\nmax_message_mb = -1\n", "limits.max_message_mb must be a number > 0"),
+        (NODE + "[limits]\nmax_plan_mb = 0\n", "limits.max_plan_mb must be a number > 0"),
         (NODE + "[limits]\nallowed_plugins = 'torch'\n", "allowed_plugins must be a list"),
         (NODE + "[limits]\nallowed_plugins = ['']\n", "allowed_plugins must be a list of plugin"),
         (NODE + "[limits]\nmax_epoch = 3\n", r"unknown key\(s\) limits.max_epoch"),

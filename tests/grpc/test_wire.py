@@ -5,6 +5,7 @@ nodes (a few frames only: long fuzzing belongs in bench/)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import os
 import signal
@@ -118,6 +119,51 @@ def test_a_hello_with_characters_a_terminal_acts_on_is_refused(cluster, hello):
     assert "control or formatting characters" in error.details()
     assert "\x1b" not in error.details() and "\u202e" not in error.details()
     assert NAME not in cluster.transport.node_tags()
+
+
+@pytest.mark.parametrize(
+    ("tags", "match"),
+    [
+        ([["t" * 64] * 5000], "control frames have at most"),  # 330 kB of tags
+        ([[] for _ in range(10000)], "more than 4096 lists and maps"),  # 10 kB, 10k lists
+    ],
+    ids=["oversized", "amplifying"],
+)
+def test_a_hello_that_would_cost_the_researcher_memory_is_refused_unparsed(cluster, tags, match):
+    frame = transport_module.control(transport_module.HELLO, {**HELLO_BODY, "tags": tags})
+    received, error = support.raw_stream(cluster, NAME, [frame])
+    assert received == [] and error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert match in error.details(), error.details()
+    assert NAME not in cluster.transport.node_tags()
+
+
+def test_a_stream_that_never_says_hello_is_closed_after_hello_timeout(cluster, monkeypatch):
+    monkeypatch.setattr(cluster.transport, "hello_timeout", 1.0)
+    start = time.monotonic()
+    received, error = support.raw_stream(cluster, NAME, [], timeout=30)
+    seconds = time.monotonic() - start
+    assert received == [] and error is not None, error
+    assert seconds < 5.0, f"held for {seconds:.1f} s"
+    assert any("no HELLO within hello_timeout=1 s" in r for r in cluster.transport.refused)
+
+
+def test_one_credential_cannot_hold_the_connection_slots(cluster, monkeypatch):
+    """A flood of silent streams with one valid token: two are admitted (and closed after
+    hello_timeout), the rest refused at once, and an honest node connects meanwhile."""
+    monkeypatch.setattr(cluster.transport, "hello_timeout", 3.0)
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        flood = [pool.submit(support.raw_stream, cluster, NAME, [], 30) for _ in range(20)]
+        start = time.monotonic()
+        with support.fake_node(cluster, "fake-a", lambda payload: b"", tags=["honest"]):
+            cluster.transport.wait_for_nodes(["honest"], names=["fake-a"], timeout=10)
+            joined = time.monotonic() - start
+        results = [future.result(timeout=60) for future in flood]
+    codes = [error.code() for _, error in results if error is not None]
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 18
+    refused = [error for _, error in results if error is not None]
+    assert any("already has 2 connections" in e.details() for e in refused if e.details())
+    assert joined < 3.0, f"the honest node took {joined:.1f} s to connect"
 
 
 # -- liveness: the researcher's heartbeat settings apply to every node -------------------------

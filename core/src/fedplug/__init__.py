@@ -21,7 +21,7 @@ from fedplug.errors import (
 )
 from fedplug.experiment import Experiment, ExperimentConfig, load_params, mean_over_nodes
 from fedplug.hookspecs import hookimpl
-from fedplug.node import Node
+from fedplug.node import Node, NodeLimits
 from fedplug.numpy_plan import LogisticRegressionPlan
 from fedplug.optimizer import Optimizer
 from fedplug.plan import TrainingArgs, TrainingPlan, TrainResult
@@ -43,6 +43,7 @@ __all__ = [
     "MessageError",
     "Node",
     "NodeError",
+    "NodeLimits",
     "Optimizer",
     "PlanError",
     "PluginError",

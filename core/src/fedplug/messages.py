@@ -34,6 +34,12 @@ from fedplug.errors import MessageError
 
 VERSION = 2
 DEFAULT_MAX_BYTES = 4 * 1024**3
+#: the largest header a message may have (names, shapes, plan source, JSON settings): the
+#: arrays travel outside it; a researcher reading replies allows far less (REPLY_HEADER_BYTES)
+MAX_HEADER_BYTES = 16 << 20
+REPLY_HEADER_BYTES = 1 << 20
+#: lists and maps a header may hold: a few per array, a few for its settings
+MAX_CONTAINERS = 200_000
 _MAX_NDIM = 32
 _MAX_DIM = 2**48  # elements along one dimension
 _DTYPES = frozenset(
@@ -483,25 +489,57 @@ def _decode_fields(dec: _Decoder, cls: type, body: Any, path: str) -> Any:
     return cls(**values)
 
 
-def read_header(data: bytes | bytearray | memoryview) -> tuple[Any, int]:
-    """The unpacked (unvalidated) header of a frame and where its raw array section starts."""
-    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
-    if len(view) < 4:
-        raise MessageError(f"malformed message: {len(view)} bytes is shorter than a frame header")
-    (size,) = struct.unpack_from("<I", view)
-    if size > len(view) - 4:
-        raise MessageError(
-            f"malformed message: header of {size} bytes announced, {len(view) - 4} available"
-        )
+def unpack_limited(data: Any, max_containers: int = MAX_CONTAINERS) -> Any:
+    """Unpack msgpack ``data`` building at most ``max_containers`` lists and maps: an empty one
+    costs one byte on the wire and some sixty in memory, so a message made of them would cost
+    the receiver far more than its size (a :class:`MessageError` past the budget)."""
+    left = [max_containers]
+
+    def counted(container: Any) -> Any:
+        left[0] -= 1
+        if left[0] < 0:
+            raise MessageError(
+                f"malformed message: more than {max_containers} lists and maps in its header"
+            )
+        return container
+
     try:
-        header = msgpack.unpackb(
-            view[4 : 4 + size], raw=False, strict_map_key=True, ext_hook=_refuse_ext, use_list=True
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+            use_list=True,
+            list_hook=counted,
+            object_hook=counted,
         )
     except MessageError:
         raise
     except Exception as exc:  # msgpack raises many types on garbage; all mean "not a message"
         raise MessageError(f"malformed message bytes: {type(exc).__name__}: {exc}") from None
-    return header, 4 + size
+
+
+def _check_header_size(size: int, available: int, max_header_bytes: int) -> None:
+    if size > available:
+        raise MessageError(
+            f"malformed message: header of {size} bytes announced, {available} available"
+        )
+    if size > max_header_bytes:
+        raise MessageError(
+            f"message header of {size} bytes exceeds the limit of {max_header_bytes} bytes here"
+        )
+
+
+def read_header(
+    data: bytes | bytearray | memoryview, max_header_bytes: int = MAX_HEADER_BYTES
+) -> tuple[Any, int]:
+    """The unpacked (unvalidated) header of a frame and where its raw array section starts."""
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    if len(view) < 4:
+        raise MessageError(f"malformed message: {len(view)} bytes is shorter than a frame header")
+    (size,) = struct.unpack_from("<I", view)
+    _check_header_size(size, len(view) - 4, max_header_bytes)
+    return unpack_limited(view[4 : 4 + size]), 4 + size
 
 
 T = TypeVar("T")
@@ -512,6 +550,7 @@ def decode(
     expected: type[T] | tuple[type, ...] | None = None,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_header_bytes: int = MAX_HEADER_BYTES,
 ) -> T:
     """Decode and validate bytes produced by :func:`encode`.
 
@@ -519,12 +558,13 @@ def decode(
 
     :param expected: the message type(s) the caller accepts; anything else is a MessageError.
     :param max_bytes: refuse larger payloads before parsing them.
+    :param max_header_bytes: refuse a larger header before parsing it.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MessageError(f"a message must be bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise MessageError(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    envelope, raw_start = read_header(data)
+    envelope, raw_start = read_header(data, max_header_bytes)
     cls = _message_class(envelope, expected)
     view = data if isinstance(data, memoryview) else memoryview(data)
     decoder = _Decoder(view.cast("B") if view.format != "B" else view, raw_start)
@@ -660,6 +700,7 @@ def decode_stream(
     expected: type[T] | tuple[type, ...] | None = None,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_header_bytes: int = MAX_HEADER_BYTES,
     on_header: Callable[[Any], dict[ArraySlot, Sink] | None] | None = None,
 ) -> T:
     """Decode a message of ``size`` bytes that arrives as ``chunks`` (any split), validating it
@@ -675,14 +716,16 @@ def decode_stream(
         raise MessageError(f"message of {size} bytes: a message has 4 to {max_bytes} bytes")
     it = iter(chunks)
     try:
-        return _decode_stream(it, size, expected, on_header)
+        return _decode_stream(it, size, expected, on_header, max_header_bytes)
     finally:
         close = getattr(it, "close", None)
         if close is not None:
             close()
 
 
-def _decode_stream(it: Iterator[Any], size: int, expected: Any, on_header: Any) -> Any:
+def _decode_stream(
+    it: Iterator[Any], size: int, expected: Any, on_header: Any, max_header_bytes: int
+) -> Any:
     head = bytearray()
     rest = memoryview(b"")
     need = 4
@@ -696,16 +739,12 @@ def _decode_stream(it: Iterator[Any], size: int, expected: Any, on_header: Any) 
         rest = view[take:]
         if need == 4 and len(head) == 4:
             (header_size,) = struct.unpack_from("<I", head)
-            if header_size > size - 4:
-                raise MessageError(
-                    f"malformed message: header of {header_size} bytes announced, "
-                    f"{size - 4} available"
-                )
+            _check_header_size(header_size, size - 4, max_header_bytes)  # before reading it
             need = 4 + header_size
             take = min(need - 4, len(rest))
             head += rest[:take]
             rest = rest[take:]
-    envelope, raw_start = read_header(head)
+    envelope, raw_start = read_header(head, max_header_bytes)
     cls = _message_class(envelope, expected)
     decoder = _SlotDecoder(size - raw_start)
     message = _decode_fields(decoder, cls, envelope["body"], cls.__name__)

@@ -33,6 +33,26 @@ from fedplug.plugins import FedplugPluginManager, active, get_plugin_manager
 from fedplug.text import inert
 
 
+@dataclass(frozen=True)
+class NodeLimits:
+    """What a node accepts from researchers; None means no limit (any plugin).
+
+    :param max_epochs: largest ``epochs`` training argument.
+    :param max_updates: largest ``num_updates`` training argument.
+    :param max_batch_size: largest ``batch_size`` training argument.
+    :param allowed_plugins: plugin or distribution names whose registered plans may run.
+    :param max_plan_mb: largest model a plan may build, in MiB of parameters: checked right
+        after the plan is built from the request's ``model_args``, before any training (a few
+        bytes of model arguments can ask for gigabytes).
+    """
+
+    max_epochs: int | None = None
+    max_updates: int | None = None
+    max_batch_size: int | None = None
+    allowed_plugins: tuple[str, ...] | None = None
+    max_plan_mb: float | None = None
+
+
 @dataclass
 class _Session:
     plan: TrainingPlan
@@ -55,8 +75,8 @@ class Node:
     :param max_sessions: experiments whose state the node keeps at once (oldest dropped first).
     :param settings: the administrator's settings for plugins, e.g. fedplug-secagg's
         ``{"require_secagg": True}`` (refuse to train without secure aggregation).
-    :param limits: what a request may ask for (``fedplug_grpc.nodeconfig.NodeLimits``: max epochs,
-        updates and batch size, the plugins whose registered plans may run); None: no limits.
+    :param limits: what a request may ask for (:class:`NodeLimits`: max epochs, updates and
+        batch size, the plugins whose registered plans may run, the plan's size); None: none.
     :param plan_store: where approvals live (``fedplug_grpc.nodestore.NodeStore``): read on every
         request, so an approval made with ``fedplug node plan approve`` applies at once, and a
         plan that arrives unapproved is recorded there for the administrator to review.
@@ -106,13 +126,14 @@ class Node:
         self._plan_classes: dict[str, type[TrainingPlan]] = {}
         self._lock = threading.Lock()
         self._prepared: tuple[Any, _Session | None, bool] | None = None
+        self._created: str | None = None  # the experiment whose session this request made
 
     def __getstate__(self) -> dict[str, Any]:
         # What a worker process receives: data, settings and how to rebuild the same plugins.
         state = dict(self.__dict__)
         for transient in ("pm", "_lock", "_sessions", "_plan_classes", "_plugin_state"):
             state.pop(transient)
-        state["_prepared"] = None
+        state["_prepared"] = state["_created"] = None
         state["_plugins"] = self.pm.portable()
         return state
 
@@ -196,6 +217,7 @@ class Node:
             ids[:] = request.experiment_id, request.round_index
             return self._param_sinks(request, prepared)
 
+        self._created = None
         try:
             if not isinstance(size, int):
                 raise MessageError(f"a request in pieces needs its size in bytes, got {size!r}")
@@ -209,9 +231,11 @@ class Node:
                 )
             return reply
         except Exception as exc:
+            if self._created is not None:  # a session this refused request made: let it go
+                self._sessions.pop(self._created, None)
             return self._failed(ids, exc)
         finally:
-            self._prepared = None
+            self._prepared = self._created = None
 
     def _failed(self, ids: list[Any], exc: Exception) -> msg.ErrorReply:
         if isinstance(exc, FedplugError):
@@ -340,14 +364,29 @@ class Node:
         plan_cls = self._plan_class(request.plan)
         dataset = self.find_dataset(request.tags)
         plan = plan_cls(request.model_args)  # its initial weights are replaced by the global ones
+        views = plan.parameter_views()
+        self._check_plan_size(plan_cls, views)
         train, test = dataset.split(args.test_ratio, args.seed)
         if len(train) == 0:
             raise NodeError(self.name, f"dataset {dataset.name!r} has no training samples")
-        session = _Session(plan, params_spec(plan.parameter_views()), args, train, test)
+        session = _Session(plan, params_spec(views), args, train, test)
+        self._created = request.experiment_id  # released if this request is refused
         self._sessions[request.experiment_id] = session
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
         return session
+
+    def _check_plan_size(self, plan_cls: type, views: dict[str, Any]) -> None:
+        limit = getattr(self.limits, "max_plan_mb", None)
+        size = sum(np.asarray(value).nbytes for value in views.values())
+        if limit is not None and size > limit * (1 << 20):
+            raise NodeError(
+                self.name,
+                f"plan {plan_cls.__name__} built from the request's model_args has "
+                f"{size / (1 << 20):.1f} MiB of parameters, over this node's limit of "
+                f"{limit:g} MiB ([limits] max_plan_mb in its node configuration); it was "
+                "discarded before any training",
+            )
 
     def _load_params(self, session: _Session, params: dict[str, np.ndarray]) -> None:
         self._check_params(session, params)

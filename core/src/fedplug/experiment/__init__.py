@@ -26,6 +26,7 @@ from fedplug import messages as msg
 from fedplug.aggregators import Aggregator
 from fedplug.errors import AggregationError, ConfigError, FedplugError, PlanError, describe
 from fedplug.experiment.checkpoints import (
+    check_checkpoint_dir,
     latest_checkpoint,
     load_params,
     read_state,
@@ -175,6 +176,8 @@ class Experiment:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.keep_checkpoints = check_positive("keep_checkpoints", keep_checkpoints)
+        if self.checkpoint_dir is not None:
+            check_checkpoint_dir(self.checkpoint_dir, self.id)
 
         given = (server, tls, credentials, node_auth, client_ca, wait_nodes, wait_timeout)
         legacy = dict(zip(LEGACY_TRANSPORT_KEYWORDS, (*given, request_timeout), strict=True))
@@ -456,6 +459,7 @@ class Experiment:
             "checkpoint_dir": settings["checkpoint_dir"] or file.parent,
             "keep_checkpoints": settings["keep_checkpoints"],
             "plugin_manager": pm,
+            "experiment_id": meta["experiment_id"],  # its folder holds its own checkpoints
         }
         if "training_plan" not in overrides and "model_class" not in overrides:
             kwargs["training_plan"] = ref.name or load_plan_class(ref, pm.training_plans)

@@ -76,6 +76,35 @@ def read_state(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     return arrays, json.loads(arrays.pop("__state__").tobytes())
 
 
+def experiment_of(path: str | Path) -> str | None:
+    """The experiment id a checkpoint belongs to (reading its description only), or None when
+    the file is not a readable fedplug state."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(data["__state__"].tobytes()).get("experiment_id")
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def check_checkpoint_dir(directory: Path, experiment_id: str) -> None:
+    """Refuse a checkpoint folder that holds another experiment's checkpoints: saving there
+    would prune them away or, later, resume the wrong experiment from them."""
+    others = {}
+    for path in sorted(directory.glob("round-*.npz")):
+        owner = experiment_of(path)
+        if owner != experiment_id:
+            others[path.name] = owner
+    if others:
+        shown = ", ".join(
+            f"{name} (experiment {owner})" for name, owner in list(others.items())[:3]
+        )
+        raise ConfigError(
+            f"checkpoint_dir {directory} holds checkpoints of another experiment: {shown}; "
+            "give this experiment a folder of its own, resume that experiment with "
+            "Experiment.load_checkpoint, or remove its files"
+        )
+
+
 def secagg_setting(saved: dict[str, Any]) -> Any:
     """``Experiment(secagg=...)`` from a checkpoint: the scheme's name, or its settings object
     rebuilt from its class's import path and fields."""

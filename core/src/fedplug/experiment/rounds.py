@@ -106,7 +106,11 @@ class Dispatch:
                         reply = self._receive(node, raw, index, expected, fold, on_header)
                         folded.append((node, raw))
                     else:
-                        reply = msg.decode(raw, (expected, msg.ErrorReply))
+                        reply = msg.decode(
+                            raw,
+                            (expected, msg.ErrorReply),
+                            max_header_bytes=msg.REPLY_HEADER_BYTES,
+                        )
                         self.check_reply(node, reply, index)
                         on_reply(node, reply)
                     if isinstance(reply, msg.TrainReply):  # folded: let its memory go
@@ -167,7 +171,13 @@ class Dispatch:
             sinks = fold.accept(node, reply)
             return {slot: _marking(fold, sink) for slot, sink in sinks.items()}
 
-        reply = msg.decode_stream(stream, stream.size, (expected, msg.ErrorReply), on_header=header)
+        reply = msg.decode_stream(
+            stream,
+            stream.size,
+            (expected, msg.ErrorReply),
+            max_header_bytes=msg.REPLY_HEADER_BYTES,
+            on_header=header,
+        )
         fold.commit(node, reply)
         fold.dirty = False
         return reply

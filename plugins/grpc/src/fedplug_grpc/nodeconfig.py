@@ -23,6 +23,7 @@
     max_batch_size = 4096
     allowed_plugins = ["torch", "sklearn"]
     max_message_mb = 8192          # largest request accepted, in MiB
+    max_plan_mb = 8192             # largest model a plan may build (default: max_message_mb)
 
 Relative paths are resolved against the config file's folder.
 """
@@ -39,6 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from fedplug.errors import ConfigError
+from fedplug.node import NodeLimits
+
+__all__ = ["NodeConfig", "NodeLimits", "load_node_config", "node_database", "write_node_config"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _REQUIRED = object()
@@ -70,18 +74,9 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str, Any]]] = {
         "max_batch_size": (int, "an integer", None),
         "allowed_plugins": (list, "a list of strings", None),
         "max_message_mb": ((int, float), "a number", 8192),
+        "max_plan_mb": ((int, float), "a number", None),  # default: max_message_mb
     },
 }
-
-
-@dataclass(frozen=True)
-class NodeLimits:
-    """What a node accepts from researchers; None means no limit (any plugin)."""
-
-    max_epochs: int | None = None
-    max_updates: int | None = None
-    max_batch_size: int | None = None
-    allowed_plugins: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +137,12 @@ def load_node_config(path: str | Path) -> NodeConfig:
             allowed_plugins=None
             if limits["allowed_plugins"] is None
             else tuple(limits["allowed_plugins"]),
+            # a plan bigger than the largest request could never receive its parameters
+            max_plan_mb=float(
+                limits["max_plan_mb"]
+                if limits["max_plan_mb"] is not None
+                else limits["max_message_mb"]
+            ),
         ),
         max_message_bytes=int(limits["max_message_mb"] * _MIB),
     )
@@ -315,12 +316,12 @@ def _check(path: Path, values: dict[str, dict[str, Any]]) -> None:
             f"least researcher.reconnect_s ({researcher['reconnect_s']})"
         )
     limits = values["limits"]
-    for key in ("max_epochs", "max_updates", "max_batch_size", "max_message_mb"):
+    for key in ("max_epochs", "max_updates", "max_batch_size", "max_message_mb", "max_plan_mb"):
         if limits[key] is not None and not (math.isfinite(limits[key]) and limits[key] > 0):
-            kind = "a number" if key == "max_message_mb" else "an integer"
+            kind = "a number" if key.endswith("_mb") else "an integer"
             raise ConfigError(
                 f"{path}: limits.{key} must be {kind} > 0, got {limits[key]}"
-                + ("" if key == "max_message_mb" else "; omit it for no limit")
+                + ("" if key.endswith("_mb") else "; omit it for no limit")
             )
     plugins = limits["allowed_plugins"]
     if plugins is not None and not all(isinstance(p, str) and p for p in plugins):
@@ -444,6 +445,7 @@ def write_node_config(
         "# max_batch_size = 4096",
         '# allowed_plugins = ["torch", "sklearn"]    # plugins whose registered plans may run',
         "max_message_mb = 8192    # largest request accepted, in MiB",
+        "max_plan_mb = 8192       # largest model a plan may build, in MiB of parameters",
         "",
     ]
     folder.mkdir(parents=True, exist_ok=True)

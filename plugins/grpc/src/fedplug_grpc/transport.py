@@ -90,6 +90,10 @@ _KIND_NAMES = {
 }
 _DATA_HEAD = struct.Struct("<BQQ")
 STREAM_FRAMES = 4  # DATA frames of a streamed reply held before its node has to wait
+STREAMS_PER_NODE = 2  # a reconnecting node's new stream may overlap its old one
+PENDING_STREAMS = 8  # streams waiting to say HELLO at once
+CONTROL_BYTES = 256 << 10  # HELLO (a node's dataset tags), READY, REFUSED (an error text), ...
+CONTROL_CONTAINERS = 4096  # lists and maps in one control frame
 _TOKEN_HEADER = "authorization"
 
 
@@ -102,10 +106,16 @@ def control(kind: int, body: dict[str, Any]) -> bytes:
 
 
 def parse_control(frame: bytes, kind: int, fields: dict[str, type]) -> dict[str, Any]:
-    """The msgpack body of a control frame, checked against ``fields`` (name -> type)."""
+    """The msgpack body of a control frame, checked against ``fields`` (name -> type). Control
+    frames are small: a larger one, or one of too many lists and maps, is refused unparsed."""
+    if len(frame) > CONTROL_BYTES:
+        raise ProtocolError(
+            f"{_KIND_NAMES[kind]} frame of {len(frame)} bytes; control frames have at most "
+            f"{CONTROL_BYTES}"
+        )
     try:
-        body = msgpack.unpackb(frame[1:], raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:  # msgpack raises many types on garbage
+        body = msg.unpack_limited(frame[1:], CONTROL_CONTAINERS)
+    except MessageError as exc:
         raise ProtocolError(f"malformed {_KIND_NAMES[kind]} frame: {exc}") from None
     if not isinstance(body, dict):
         raise ProtocolError(f"malformed {_KIND_NAMES[kind]} frame: not a map")
@@ -363,6 +373,8 @@ class GrpcTransport:
     :param request_timeout: seconds a node may take to answer one request, and then to send its
         whole reply once the researcher grants it (None: no limit; a dropped node is still
         detected by heartbeats).
+    :param hello_timeout: seconds a new stream has to say HELLO before it is closed (a stream
+        holds a server thread; at most 8 may wait at once, and a node has at most 2 streams).
     :param stall_timeout: seconds a granted reply may go without a DATA frame while the
         researcher waits for one (default ``heartbeat_timeout``): a node that keeps its
         connection alive but stops sending its reply fails, whatever ``request_timeout``.
@@ -384,6 +396,7 @@ class GrpcTransport:
         heartbeat_timeout: float | None = None,
         request_timeout: float | None = None,
         stall_timeout: float | None = None,
+        hello_timeout: float = 10.0,
         max_reply_bytes: int | None = None,
         early_reply_bytes: int = 64 << 20,
         max_nodes: int = 64,
@@ -397,6 +410,7 @@ class GrpcTransport:
             ("heartbeat_s", heartbeat_s),
             ("request_timeout", request_timeout),
             ("stall_timeout", stall_timeout),
+            ("hello_timeout", hello_timeout),
         )
         for what, value in bounds:
             if value is not None and (isinstance(value, bool) or not value > 0):
@@ -423,6 +437,9 @@ class GrpcTransport:
         self._cv = threading.Condition()
         self._conns: dict[str, _Conn] = {}
         self.refused: list[str] = []  # recent refused connection attempts, for error messages
+        self.hello_timeout = float(hello_timeout)
+        self._streams: dict[str | None, int] = {}  # streams open per credential (None: none)
+        self._pending_hello = 0
         self._task_ids = itertools.count(1)
         self._reply_limit = max_reply_bytes or 64 << 20
         self._closing = False
@@ -544,6 +561,50 @@ class GrpcTransport:
 
         peer = context.peer()
         claimed = self._claim(context)
+        with self._cv:
+            crowded = self._admit(claimed)
+        if crowded:
+            self._refuse(f"{peer}: {crowded}")
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, crowded)
+        try:
+            yield from self._serve_stream(requests, context, peer, claimed)
+        finally:
+            with self._cv:
+                self._streams[claimed] -= 1
+                if not self._streams[claimed]:
+                    del self._streams[claimed]
+
+    def _admit(self, claimed: str | None) -> str:
+        """Why a new stream with credential ``claimed`` is refused ("" when it is not): a node
+        has at most STREAMS_PER_NODE streams (its reconnection may overlap the old one), and at
+        most PENDING_STREAMS streams may be waiting to say HELLO at once."""
+        if claimed is not None and self._streams.get(claimed, 0) >= STREAMS_PER_NODE:
+            return (
+                f"node {claimed!r} already has {STREAMS_PER_NODE} connections; close one (the "
+                "researcher keeps the newest after HELLO)"
+            )
+        if self._pending_hello >= PENDING_STREAMS:
+            return f"{PENDING_STREAMS} connections are already waiting to say HELLO; retry later"
+        self._streams[claimed] = self._streams.get(claimed, 0) + 1
+        return ""
+
+    def _serve_stream(
+        self, requests: Iterator[bytes], context: Any, peer: str, claimed: str | None
+    ) -> Iterator[bytes]:
+        import grpc
+
+        # a stream that does not say HELLO in time holds a server thread for nothing
+        with self._cv:
+            self._pending_hello += 1
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            context.cancel()
+
+        timer = threading.Timer(self.hello_timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
             first = next(requests)
             if frame_kind(first) != HELLO:
@@ -565,12 +626,21 @@ class GrpcTransport:
                     f"HELLO frame: control or formatting characters ({', '.join(hidden[:5])}) in "
                     "the node's name or dataset tags"
                 )
-        except grpc.RpcError:
-            return  # the node went away before saying who it is
-        except (ProtocolError, StopIteration) as exc:
+        except (grpc.RpcError, ProtocolError, StopIteration) as exc:
+            if timed_out.is_set():
+                self._refuse(f"{peer}: no HELLO within hello_timeout={self.hello_timeout:g} s")
+                return
+            if isinstance(exc, grpc.RpcError):
+                return  # the node went away before saying who it is
             reason = str(exc) or "closed before HELLO"
             self._refuse(f"{peer}: bad HELLO: {reason}")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad HELLO: {reason}")
+        finally:
+            timer.cancel()
+            with self._cv:
+                self._pending_hello -= 1
+        if timed_out.is_set():  # cancelled by the timer right after its HELLO
+            return
         name = hello["name"]
         if claimed is not None and claimed != name:
             self._refuse(f"{peer}: credential of {claimed!r} used by a node named {name!r}")
