@@ -136,3 +136,28 @@ def test_a_checkpoint_folder_belongs_to_one_experiment(tmp_path):
     assert resumed.id == first.id and resumed.round_index == 3
     resumed.run()
     assert resumed.round_index == 4
+
+
+class ShippedPlan(LogisticRegressionPlan):
+    """Registered nowhere: it travels, and is checkpointed, as source."""
+
+
+def test_resuming_a_plan_saved_as_source_needs_trust(tmp_path):
+    """A checkpoint stores a shipped plan's source, and resuming runs it: like a plan, it is
+    code, so it takes the caller's word (or the caller's own copy of the plan)."""
+    settings = {
+        "nodes": nodes("trust"),
+        "training_plan": ShippedPlan,
+        "model_args": {"n_features": 4},
+        "round_limit": 2,
+        "seed": 9,
+    }
+    first = Experiment(**settings, checkpoint_dir=tmp_path)
+    assert first.plan_ref.source is not None
+    first.run(rounds=1)
+    with pytest.raises(ConfigError, match=r"holds the source of plan ShippedPlan.*trust=True"):
+        Experiment.load_checkpoint(tmp_path, nodes=settings["nodes"])
+    trusted = Experiment.load_checkpoint(tmp_path, nodes=settings["nodes"], trust=True)
+    assert trusted.plan_ref == first.plan_ref and trusted.round_index == 1
+    own = Experiment.load_checkpoint(tmp_path, nodes=settings["nodes"], training_plan=ShippedPlan)
+    assert own.plan_class is ShippedPlan and own.round_index == 1

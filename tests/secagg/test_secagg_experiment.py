@@ -298,3 +298,30 @@ def test_worker_processes_run_secagg_rounds():
         assert exp.transport._procs  # the nodes really lived in worker processes
     assert_close(exp.global_params, reference.global_params)
     assert accuracies(exp.history) == accuracies(reference.history)
+
+
+def test_a_checkpoint_names_no_class_to_import_for_the_scheme_settings(tmp_path, monkeypatch):
+    """Settings come back through the registered scheme's settings_class: a path written in
+    the file (here os:system, as a hostile checkpoint would) is never imported or called."""
+    from fedplug.experiment.checkpoints import read_state, write_state
+
+    nodes = demo_nodes(3, 0)
+    exp = demo_experiment(nodes=nodes, secagg=SecAggConfig(clip=64.0), rounds=2)
+    exp.checkpoint_dir = tmp_path
+    exp.run_once()
+    path = exp.save_checkpoint()
+    arrays, meta = read_state(path)
+    assert meta["settings"]["secagg"] == {
+        "scheme": "masking",
+        "settings": {"scheme": "masking", "clip": 64.0, "precision_bits": 24, "threshold": None},
+    }
+    meta["settings"]["secagg"]["settings_class"] = "os:system"  # as an earlier release wrote
+    write_state(path, meta, arrays)
+    calls = []
+    monkeypatch.setattr("os.system", lambda *args: calls.append(args))
+    resumed = Experiment.load_checkpoint(path, nodes=nodes, progress=False)
+    assert resumed.secagg.config == SecAggConfig(clip=64.0) and calls == []
+    meta["settings"]["secagg"]["settings"]["command"] = "rm -rf /"
+    write_state(path, meta, arrays)
+    with pytest.raises(ConfigError, match="settings do not fit"):
+        Experiment.load_checkpoint(path, nodes=nodes, progress=False)

@@ -50,6 +50,10 @@ class SecAggScheme:
 
     #: The name the scheme is registered under.
     name: ClassVar[str] = "secagg"
+    #: The scheme's settings dataclass (``Experiment(secagg=settings)``), which a checkpoint
+    #: stores by its fields and :meth:`Experiment.load_checkpoint` rebuilds through this
+    #: registered class, never through an import path read from the file.
+    settings_class: ClassVar[type | None] = None
 
     def __init__(self, config: Any = None) -> None:
         self.config = config

@@ -396,7 +396,6 @@ class Experiment:
             secagg = {"scheme": self.secagg.name, "settings": None}
             if dataclasses.is_dataclass(config):
                 secagg["settings"] = dataclasses.asdict(config)
-                secagg["settings_class"] = f"{type(config).__module__}:{type(config).__qualname__}"
         return {
             "tags": self.tags,
             "plan": dataclasses.asdict(self.plan_ref),
@@ -427,14 +426,21 @@ class Experiment:
         return path
 
     @classmethod
-    def load_checkpoint(cls, path: str | Path, **overrides: Any) -> Experiment:
+    def load_checkpoint(
+        cls, path: str | Path, *, trust: bool = False, **overrides: Any
+    ) -> Experiment:
         """Resume an experiment saved with ``checkpoint_dir``: ``path`` is a checkpoint file or
         the folder (its latest checkpoint). The experiment is rebuilt with its saved settings
-        (the plan from its registered name or its saved source, the optimizers and their
-        modules resolved through the plugins, the transport: with gRPC it listens again and
-        waits for the nodes) and continues where it stopped; ``overrides`` replace settings,
-        e.g. ``nodes=`` for in-process nodes, which a file cannot hold. With the same seed, the
-        result is the model an uninterrupted run gives."""
+        (the plan, the optimizers and their modules, the secure-aggregation scheme and the
+        transport, each by its registered name; with gRPC it listens again and waits for the
+        nodes) and continues where it stopped; ``overrides`` replace settings, e.g. ``nodes=``
+        for in-process nodes, which a file cannot hold. With the same seed, the result is the
+        model an uninterrupted run gives.
+
+        A checkpoint is trusted input, like a plan: nothing is unpickled and no class is
+        imported from a path it names, but the source of a plan shipped as source is stored in
+        it and resuming runs it. That needs ``trust=True`` (the checkpoint is yours), or give
+        your own copy of the plan: ``training_plan=MyPlan``."""
         file = latest_checkpoint(path) if Path(path).is_dir() else Path(path)
         if file is None:
             raise ConfigError(f"no checkpoint (round-*.npz) in {path}")
@@ -462,6 +468,12 @@ class Experiment:
             "experiment_id": meta["experiment_id"],  # its folder holds its own checkpoints
         }
         if "training_plan" not in overrides and "model_class" not in overrides:
+            if ref.name is None and not trust:
+                raise ConfigError(
+                    f"{file} holds the source of plan {ref.class_name}, which resuming would run "
+                    "(a checkpoint is code, like a plan): pass trust=True if the checkpoint is "
+                    f"yours, or training_plan={ref.class_name} to resume with your own copy"
+                )
             kwargs["training_plan"] = ref.name or load_plan_class(ref, pm.training_plans)
         if settings["aggregator"] is not None:
             kwargs["aggregator"] = settings["aggregator"]
@@ -470,7 +482,7 @@ class Experiment:
                 settings["agg_optimizer"], plugin_manager=pm
             )
         if settings["secagg"] is not None:
-            kwargs["secagg"] = secagg_setting(settings["secagg"])
+            kwargs["secagg"] = secagg_setting(settings["secagg"], pm)
         name, options = transport_setting(settings["transport"])
         if "transport" not in overrides and "transport_options" not in overrides:
             if name is not None:

@@ -7,7 +7,7 @@ half-written checkpoint.
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -105,14 +105,25 @@ def check_checkpoint_dir(directory: Path, experiment_id: str) -> None:
         )
 
 
-def secagg_setting(saved: dict[str, Any]) -> Any:
+def secagg_setting(saved: dict[str, Any], pm: Any) -> Any:
     """``Experiment(secagg=...)`` from a checkpoint: the scheme's name, or its settings object
-    rebuilt from its class's import path and fields."""
+    rebuilt from its fields by the registered scheme's ``settings_class`` (a checkpoint names
+    no class to import)."""
     if saved.get("settings") is None:
         return saved["scheme"]
-    module, _, qualname = saved["settings_class"].partition(":")
-    settings_class = getattr(importlib.import_module(module), qualname)
-    return settings_class(**saved["settings"])
+    scheme = pm.secagg_schemes[saved["scheme"]]
+    settings_class = getattr(scheme, "settings_class", None)
+    if settings_class is None or not dataclasses.is_dataclass(settings_class):
+        raise ConfigError(
+            f"secure-aggregation scheme {saved['scheme']!r} declares no settings_class to "
+            "rebuild its settings from a checkpoint; pass secagg= to load_checkpoint"
+        )
+    try:
+        return settings_class(**saved["settings"])
+    except TypeError as exc:
+        raise ConfigError(
+            f"the checkpoint's secure-aggregation settings do not fit: {exc}"
+        ) from exc
 
 
 def transport_setting(saved: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

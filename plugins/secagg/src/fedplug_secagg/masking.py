@@ -340,6 +340,7 @@ class MaskingScheme(SecAggScheme):
     """The researcher side: relays keys and shares, sums masked vectors, unmasks."""
 
     name = SCHEME
+    settings_class = SecAggConfig
 
     def __init__(self, config: SecAggConfig | None = None) -> None:
         if config is None:
