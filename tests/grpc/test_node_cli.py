@@ -91,6 +91,7 @@ def test_defaults(tmp_path):
     assert (config.heartbeat_s, config.reconnect_s, config.max_reconnect_s) == (5.0, 2.0, 30.0)
     assert config.limits == NodeLimits(None, None, None, None, max_plan_mb=8192.0)
     assert config.max_message_bytes == 8192 * 1024 * 1024
+    assert (config.max_pending_plans, config.max_pending_mb) == (100, 64.0)
 
 
 @pytest.mark.parametrize("address", ["localhost:50051", "127.0.0.2:1", "[::1]:50051"])

@@ -307,3 +307,38 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     store = NodeStore(path)
     assert len(store.plans()) == 120
     assert len(store.plans("approved")) == 60
+
+
+def test_pending_plans_are_bounded_oldest_out_first(tmp_path):
+    """A researcher can ship any number of distinct sources: the node keeps the newest pending
+    ones within its bounds, and never forgets an approval or a rejection."""
+    store = NodeStore(tmp_path / "node.db", max_pending_plans=5, max_pending_mb=0.01)  # 10 kB
+    sources = [f"class Plan{i}:\n    x = {'1' * 3000}\n" for i in range(12)]  # ~3 kB each
+    hashes = [source_hash(source) for source in sources]
+    store.record_plan(hashes[0], "Plan0", sources[0])
+    store.approve_plan(hashes[0])
+    for i in range(1, 12):
+        assert store.record_plan(hashes[i], f"Plan{i}", sources[i]) == "pending"
+    pending = {plan.sha256 for plan in store.plans("pending")}
+    assert pending == set(hashes[-3:])  # 3 x 3 kB fit in 10 kB
+    assert store.plan_status(hashes[0]) == "approved"
+    big = "class Huge:\n    x = '" + "y" * 20_000 + "'\n"
+    with pytest.raises(ConfigError, match="more than this node keeps for review"):
+        store.record_plan(source_hash(big), "Huge", big)
+    assert store.plan_status(source_hash(big)) is None
+    assert {plan.sha256 for plan in store.plans("pending")} == set(hashes[-3:])
+    # the database does not grow with what is shipped
+    for i in range(12, 60):
+        source = f"class Plan{i}:\n    x = {'1' * 3000}\n"
+        store.record_plan(source_hash(source), f"Plan{i}", source)
+    assert len(store.plans("pending")) == 3 and len(store.plans()) == 4
+
+
+def test_count_bound_of_pending_plans(tmp_path):
+    store = NodeStore(tmp_path / "node.db", max_pending_plans=2)
+    hashes = []
+    for i in range(4):
+        source = f"class P{i}:\n    pass\n"
+        hashes.append(source_hash(source))
+        store.record_plan(hashes[-1], f"P{i}", source)
+    assert {plan.sha256 for plan in store.plans("pending")} == set(hashes[-2:])

@@ -24,6 +24,8 @@
     allowed_plugins = ["torch", "sklearn"]
     max_message_mb = 8192          # largest request accepted, in MiB
     max_plan_mb = 8192             # largest model a plan may build (default: max_message_mb)
+    max_pending_plans = 100        # plans kept for review (oldest pending out first)
+    max_pending_mb = 64            # source kept for review, in MiB
 
 Relative paths are resolved against the config file's folder.
 """
@@ -75,6 +77,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str, Any]]] = {
         "allowed_plugins": (list, "a list of strings", None),
         "max_message_mb": ((int, float), "a number", 8192),
         "max_plan_mb": ((int, float), "a number", None),  # default: max_message_mb
+        "max_pending_plans": (int, "an integer", 100),
+        "max_pending_mb": ((int, float), "a number", 64),
     },
 }
 
@@ -99,6 +103,8 @@ class NodeConfig:
     max_reconnect_s: float
     limits: NodeLimits
     max_message_bytes: int
+    max_pending_plans: int = 100
+    max_pending_mb: float = 64.0
 
 
 def load_node_config(path: str | Path) -> NodeConfig:
@@ -145,6 +151,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
             ),
         ),
         max_message_bytes=int(limits["max_message_mb"] * _MIB),
+        max_pending_plans=limits["max_pending_plans"],
+        max_pending_mb=float(limits["max_pending_mb"]),
     )
 
 
@@ -316,7 +324,8 @@ def _check(path: Path, values: dict[str, dict[str, Any]]) -> None:
             f"least researcher.reconnect_s ({researcher['reconnect_s']})"
         )
     limits = values["limits"]
-    for key in ("max_epochs", "max_updates", "max_batch_size", "max_message_mb", "max_plan_mb"):
+    checked = ("max_epochs", "max_updates", "max_batch_size", "max_pending_plans")
+    for key in (*checked, "max_message_mb", "max_plan_mb", "max_pending_mb"):
         if limits[key] is not None and not (math.isfinite(limits[key]) and limits[key] > 0):
             kind = "a number" if key.endswith("_mb") else "an integer"
             raise ConfigError(
@@ -446,6 +455,8 @@ def write_node_config(
         '# allowed_plugins = ["torch", "sklearn"]    # plugins whose registered plans may run',
         "max_message_mb = 8192    # largest request accepted, in MiB",
         "max_plan_mb = 8192       # largest model a plan may build, in MiB of parameters",
+        "max_pending_plans = 100  # shipped plans kept for review, oldest pending out first",
+        "max_pending_mb = 64      # their source, in MiB",
         "",
     ]
     folder.mkdir(parents=True, exist_ok=True)

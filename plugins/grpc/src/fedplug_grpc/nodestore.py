@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 MIN_PREFIX = 8
+MAX_PENDING_PLANS = 100
+MAX_PENDING_MB = 64.0
 PLAN_STATUSES = ("pending", "approved", "rejected")
 _HASH = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -128,10 +130,22 @@ class NodeStore:
     """The node's SQLite database at ``path``, created with its schema if it does not exist.
 
     :param path: the database file; missing parent folders are created.
+    :param max_pending_plans: plans kept waiting for review; past it, the oldest pending ones are
+        forgotten (a researcher can ship any number of distinct sources).
+    :param max_pending_mb: the most source text, in MiB, kept for pending plans (oldest out
+        first); a single source larger than this is not recorded at all.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_pending_plans: int = MAX_PENDING_PLANS,
+        max_pending_mb: float = MAX_PENDING_MB,
+    ) -> None:
         self.path = Path(path)
+        self.max_pending_plans = max_pending_plans
+        self.max_pending_bytes = int(max_pending_mb * (1 << 20))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with contextlib.closing(self._open()) as con:
@@ -248,10 +262,20 @@ class NodeStore:
     def record_plan(self, sha256: str, class_name: str, source: str) -> str:
         """Remember a shipped plan (as pending when new) and return its current status.
 
-        A hash approved in advance gets its class name and source filled in here.
+        A hash approved in advance gets its class name and source filled in here. Pending plans
+        are bounded (``max_pending_plans``, ``max_pending_mb``): the oldest pending ones make
+        room for a new one; a source larger than all the room is refused unrecorded.
         """
         sha256 = _full_hash(sha256)
+        size = len(source.encode("utf-8"))
         with self._write() as con:
+            known = con.execute("SELECT status FROM plans WHERE sha256 = ?", (sha256,)).fetchone()
+            if known is None and size > self.max_pending_bytes:
+                raise ConfigError(
+                    f"plan {class_name} (sha256 {sha256}) has {size / (1 << 20):.1f} MiB of source, "
+                    f"more than this node keeps for review ({self.max_pending_bytes >> 20} MiB: "
+                    "[limits] max_pending_mb); it was not recorded and its code was not run"
+                )
             con.execute(
                 "INSERT OR IGNORE INTO plans (sha256, class_name, source, status, first_seen) "
                 "VALUES (?, ?, ?, 'pending', ?)",
@@ -261,7 +285,22 @@ class NodeStore:
                 "UPDATE plans SET class_name = ?, source = ? WHERE sha256 = ? AND source IS NULL",
                 (class_name, source, sha256),
             )
+            if known is None:
+                self._evict_pending(con, keep=sha256)
             return con.execute("SELECT status FROM plans WHERE sha256 = ?", (sha256,)).fetchone()[0]
+
+    def _evict_pending(self, con: sqlite3.Connection, keep: str) -> None:
+        """Forget the oldest pending plans beyond the count and byte bounds (never ``keep``)."""
+        rows = con.execute(
+            "SELECT sha256, length(CAST(source AS BLOB)) FROM plans WHERE status = 'pending' "
+            "ORDER BY first_seen DESC, rowid DESC"
+        ).fetchall()
+        kept, held = 0, 0
+        for sha256, size in rows:
+            kept, held = kept + 1, held + (size or 0)
+            if sha256 != keep and (kept > self.max_pending_plans or held > self.max_pending_bytes):
+                con.execute("DELETE FROM plans WHERE sha256 = ?", (sha256,))
+                kept, held = kept - 1, held - (size or 0)
 
     def plan_status(self, sha256: str) -> str | None:
         """``'pending'``, ``'approved'`` or ``'rejected'``; None for a hash never seen."""

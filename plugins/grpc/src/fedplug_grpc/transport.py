@@ -1384,7 +1384,11 @@ def serve_node(config: Any) -> int:
             "installed on this node (or it is disabled), so nothing would enforce it; install "
             "fedplug-secagg (pip install fedplug-secagg) or set require_secagg = false"
         )
-    store = NodeStore(config.database)
+    store = NodeStore(
+        config.database,
+        max_pending_plans=config.max_pending_plans,
+        max_pending_mb=config.max_pending_mb,
+    )
     datasets = store.load_datasets(pm)
     if not datasets:
         log.warning(
