@@ -391,3 +391,34 @@ def test_checkpoints_keep_the_last_ones_and_ignore_temporary_files(cluster, tmp_
         "round-00004.npz",
         "round-00009.npz.tmp",
     ]
+
+
+# -- revocation ----------------------------------------------------------------------------------
+
+
+def test_a_revoked_credential_is_dropped_without_restarting_the_researcher(cluster):
+    """`fedplug certs remove` rewrites credentials.json: the running researcher reads it again,
+    drops the node's connection (the node is told it is refused, and stops) and refuses the
+    token from then on; the other nodes stay."""
+    from fedplug_grpc import certs
+
+    token, _ = certs.add_node(cluster.certs, "revocable")  # a new node: known without a restart
+    support.wait_until(lambda: "revocable" in cluster.transport.credentials, 10, "the reload")
+    with support.fake_node(cluster, "revocable", lambda payload: b"", tags=["revocable"]):
+        assert "revocable" in cluster.transport.node_tags()
+        start = time.monotonic()
+        certs.remove_node(cluster.certs, "revocable")
+        support.wait_until(
+            lambda: "revocable" not in cluster.transport.node_tags(), 10, "the node to be dropped"
+        )
+        dropped = time.monotonic() - start
+        again = transport_module.NodeClient(
+            support.FakeNode("revocable", lambda payload: b"", ["revocable"]),
+            cluster.address,
+            token,
+            ca_cert=cluster.ca,
+        )
+        assert again.run() == 3  # refused for good: the token is no longer known
+        assert "revocable" not in cluster.transport.node_tags()
+    assert dropped < 3.0, f"dropped after {dropped:.1f} s"
+    assert {"alpha", "beta", "slow"} <= set(cluster.transport.node_tags())

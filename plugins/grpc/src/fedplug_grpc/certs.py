@@ -437,21 +437,22 @@ def remove_node(directory: str | os.PathLike[str], name: str) -> None:
     _delete_files(root, name)
 
 
-def _credentials_path(path: str | os.PathLike[str]) -> Path:
+def credentials_file(path: str | os.PathLike[str]) -> Path:
+    """The ``credentials.json`` of a certs directory, or the credentials file ``path`` itself."""
     return Path(path) / CREDENTIALS if Path(path).is_dir() else Path(path)
 
 
 def load_credentials(path: str | os.PathLike[str]) -> dict[str, str]:
     """Node name -> SHA-256 hex digest of its token, from a certs directory or credentials file
     (nodes that have a certificate instead are left out)."""
-    entries = _read_credentials(_credentials_path(path))
+    entries = _read_credentials(credentials_file(path))
     return {name: entry["sha256"] for name, entry in entries.items() if "sha256" in entry}
 
 
 def load_certificate_pins(path: str | os.PathLike[str]) -> dict[str, str]:
     """Node name -> SHA-256 fingerprint (hex) of its client certificate, from a certs directory
     or credentials file (nodes that have a token instead are left out)."""
-    entries = _read_credentials(_credentials_path(path))
+    entries = _read_credentials(credentials_file(path))
     return {name: e["cert_sha256"] for name, e in entries.items() if "cert_sha256" in e}
 
 

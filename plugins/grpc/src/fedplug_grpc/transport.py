@@ -343,6 +343,7 @@ class _Conn:
     name: str
     tags: list[list[str]]
     peer: str
+    credential: str | None = None  # the digest or pin it authenticated with
     outbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     last_seen: float = field(default_factory=time.monotonic)
     connected: float = field(default_factory=time.time)
@@ -424,10 +425,15 @@ class GrpcTransport:
         self.chunk_bytes = _check_chunk(chunk_bytes)
         client_ca_pem = self._check_node_auth(node_auth, tls, client_ca)
         load = certs.load_certificate_pins if client_ca_pem else certs.load_credentials
-        if isinstance(credentials, (str, Path)):
-            credentials = load(credentials)
-        elif credentials is None and isinstance(tls, (str, Path)):
-            credentials = load(tls)
+        source = credentials if isinstance(credentials, (str, Path)) else None
+        if credentials is None and isinstance(tls, (str, Path)):
+            source = tls
+        #: the credentials file, read again when it changes: a revocation applies at once
+        self._credentials_file = certs.credentials_file(source) if source is not None else None
+        self._credentials_stamp = self._stamp()
+        self._load_credentials = load
+        if source is not None:
+            credentials = load(source)
         if credentials is None and not is_loopback(address):
             raise ConfigError(
                 f"serving {address} without node credentials would let anyone join; give tls= "
@@ -648,7 +654,8 @@ class GrpcTransport:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"this credential belongs to node {claimed!r}, not {name!r}",
             )
-        conn = _Conn(name, tags, peer)
+        credential = self.credentials.get(name) if self.credentials is not None else None
+        conn = _Conn(name, tags, peer, credential)
         with self._cv:
             old = self._conns.get(name)
             if old is not None:
@@ -814,6 +821,7 @@ class GrpcTransport:
         while not self._closing:
             time.sleep(min(1.0, self.heartbeat_s / 2))
             now = time.monotonic()
+            self._reload_credentials()
             with self._cv:
                 for conn in list(self._conns.values()):
                     silent = now - conn.last_seen
@@ -821,6 +829,36 @@ class GrpcTransport:
                         self._drop(conn, f"no heartbeat for {silent:.1f} s", "DEADLINE_EXCEEDED")
                     elif conn.task is not None and conn.task.state == "receiving":
                         self._check_reply(conn, conn.task, now)
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            info = self._credentials_file.stat() if self._credentials_file else None
+        except OSError:
+            return None
+        return None if info is None else (info.st_mtime_ns, info.st_size)
+
+    def _reload_credentials(self) -> None:
+        """Read the credentials file again if it changed (``fedplug certs node/remove``), and
+        drop the connections whose credential it no longer holds."""
+        stamp = self._stamp()
+        if self._credentials_file is None or stamp is None or stamp == self._credentials_stamp:
+            return
+        try:
+            credentials = self._load_credentials(self._credentials_file)
+        except FedplugError as exc:  # mid-write or broken: keep the last good credentials
+            log.warning("credentials file %s not reloaded: %s", self._credentials_file, exc)
+            return
+        self._credentials_stamp = stamp
+        with self._cv:
+            self.credentials = credentials
+            for conn in list(self._conns.values()):
+                if credentials.get(conn.name) != conn.credential:
+                    self._drop(
+                        conn,
+                        f"its credential was revoked or replaced in {self._credentials_file}",
+                        "PERMISSION_DENIED",
+                    )
+        log.info("credentials reloaded from %s", self._credentials_file)
 
     def _check_reply(self, conn: _Conn, task: _Task, now: float) -> None:
         """Fail a granted reply (lock held) that stalls while the researcher waits for its next
