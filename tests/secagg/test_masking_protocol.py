@@ -309,9 +309,12 @@ def test_a_configured_threshold_is_used_and_checked():
     fed = Federation(names, SecAggConfig(threshold=4))
     with pytest.raises(SecAggError, match="below the recovery threshold 4"):
         fed.run(params, samples, drop={"d"})
-    fed = Federation(names, SecAggConfig(threshold=2))
-    result = fed.run(params, samples, drop={"c", "d"})
-    assert_average(result, params, samples, ["a", "b"])
+    fed = Federation(names, SecAggConfig(threshold=3))
+    result = fed.run(params, samples, drop={"d"})
+    assert_average(result, params, samples, ["a", "b", "c"])
+    # half of the nodes would do: two halves could then unmask one node's update
+    with pytest.raises(SecAggError, match="threshold 2 is not a strict majority of the round's 4"):
+        Federation(names, SecAggConfig(threshold=2)).run(params, samples)
     with pytest.raises(SecAggError, match="threshold 5 exceeds the 4 nodes of the round"):
         Federation(names, SecAggConfig(threshold=5)).run(params, samples)
 
@@ -565,12 +568,12 @@ def test_a_node_refuses_a_tampered_or_misdirected_share():
     tampered[20] ^= 0xFF
     arrays = dict(context.arrays, **{"share:b:a": np.frombuffer(bytes(tampered), np.uint8)})
     bad = SecAggData(context.scheme, context.step, context.values, arrays)
-    with pytest.raises(SecAggError, match="failed authentication"):
+    with pytest.raises(SecAggError, match="cannot read 'b''s shares: tampered with"):
         fed.nodes["a"].mask(0, bad, params["a"], 4)
     # b's share for c handed to a instead
     arrays = dict(context.arrays, **{"share:b:a": context.arrays["share:b:c"]})
     misdirected = SecAggData(context.scheme, context.step, context.values, arrays)
-    with pytest.raises(SecAggError, match="failed authentication"):
+    with pytest.raises(SecAggError, match="cannot read 'b''s shares"):
         fed.nodes["a"].mask(0, misdirected, params["a"], 4)
     missing = {k: v for k, v in context.arrays.items() if k != "share:c:a"}
     with pytest.raises(MessageError, match="share from 'c' must be a 1-d uint8 array"):
@@ -623,3 +626,74 @@ def test_a_node_refuses_a_key_exchange_it_is_not_part_of():
     with pytest.raises(SecAggError, match="unknown step 'reveal-all'"):
         node.handle(0, SecAggData("masking", "reveal-all", keys))
     assert node.round is None  # the refusals created no keys
+
+
+# -- a deviating researcher and a hostile node (issue 16, items 11 and 12) ----------------------
+
+
+def test_nodes_refuse_a_threshold_that_is_not_a_strict_majority():
+    node = MaskingScheme.node_side("a", EXPERIMENT)
+    keys = {"round": 0, "participants": ["a", "b", "c", "d"], "threshold": 2}
+    with pytest.raises(SecAggError, match="refuses threshold 2: not a strict majority"):
+        node.handle(0, SecAggData("masking", "keys", keys))
+    assert node.handle(0, SecAggData("masking", "keys", {**keys, "threshold": 3})).step == "keys"
+
+
+def test_nodes_given_different_participant_lists_refuse_to_mask():
+    """A deviating researcher (driving the nodes by hand) tells node c that the round is a, b, c
+    while a, b and d are told a, b, c, d, so that it can later claim d dropped to c only. The
+    shares bind each sender's list: every node finds the views differ at the mask step and
+    sends nothing."""
+    full, narrow = ["a", "b", "c", "d"], ["a", "b", "c"]
+    nodes = {name: MaskingScheme.node_side(name, EXPERIMENT) for name in full}
+    views = {name: narrow if name == "c" else full for name in full}
+    public = {}
+    for name, node in nodes.items():
+        keys = {"round": 0, "participants": views[name], "threshold": len(views[name]) // 2 + 1}
+        answer = node.handle(0, SecAggData("masking", "keys", keys))
+        public[f"c_pk:{name}"], public[f"s_pk:{name}"] = (
+            answer.arrays["c_pk"],
+            answer.arrays["s_pk"],
+        )
+    shares = {}
+    for name, node in nodes.items():
+        relayed = {k: v for k, v in public.items() if k.split(":")[1] in views[name]}
+        answer = node.handle(0, SecAggData("masking", "shares", {"round": 0}, relayed))
+        for key, blob in answer.arrays.items():  # "to:PEER"
+            shares[f"share:{name}:{key[3:]}"] = blob
+    refused = {}
+    params = random_params(full, [(3,)], np.float64)
+    for name, node in nodes.items():
+        arrays = {k: v for k, v in shares.items() if k.endswith(f":{name}")}
+        values = {"round": 0, "participants": views[name], "clip": 4096.0, "precision_bits": 24}
+        with pytest.raises((SecAggError, MessageError)) as info:
+            node.mask(0, SecAggData("masking", "mask", values, arrays), params[name], 5)
+        refused[name] = str(info.value)
+    assert sorted(refused) == full  # nobody sent a masked update
+    for name in ("a", "b", "c"):  # the shares of a peer with another view do not open
+        assert "different participant lists" in refused[name], refused[name]
+    assert "share from 'c'" in refused["d"]  # c, told d is not there, sent d none
+
+
+def test_a_node_sending_a_low_order_key_is_excluded_and_named():
+    names = ["a", "b", "c", "d"]
+    fed = Federation(names)
+    real = fed.nodes["d"].handle
+
+    def zero_keys(round_index, data):
+        answer = real(round_index, data)
+        if data.step == "keys":
+            zeros = np.zeros(crypto.KEY_BYTES, np.uint8)
+            return SecAggData(
+                answer.scheme, answer.step, answer.values, {"c_pk": zeros, "s_pk": zeros}
+            )
+        return answer
+
+    fed.nodes["d"].handle = zero_keys
+    samples = dict.fromkeys(names, 5)
+    params = random_params(names, [(3,)], np.float64)
+    result = fed.run(params, samples)
+    assert_average(result, params, samples, ["a", "b", "c"])
+    assert "invalid X25519 public key" in fed.scheme.failures["d"]
+    assert crypto.valid_public_key(bytes(32)) is False
+    assert crypto.valid_public_key(X25519PrivateKey.generate().public_key().public_bytes_raw())

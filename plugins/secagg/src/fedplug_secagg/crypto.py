@@ -35,6 +35,25 @@ def new_keypair() -> tuple[X25519PrivateKey, bytes]:
     return private, private.public_key().public_bytes_raw()
 
 
+def valid_public_key(public: bytes) -> bool:
+    """Whether ``public`` is an X25519 public key a peer can agree with: 32 bytes, and not a
+    low-order point (all zeros, for one), whose shared secret would be all zeros."""
+    if len(public) != KEY_BYTES:
+        return False
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(bytes(public)))
+    except ValueError:
+        return False
+    return True
+
+
+def participants_digest(participants: list[str]) -> str:
+    """A short fingerprint of a round's participant list, bound into every encrypted share: a
+    node decrypts a peer's shares only if both were given the same list."""
+    joined = "\x00".join(participants).encode()
+    return hashlib.sha256(b"fedplug-secagg|participants|" + joined).hexdigest()[:32]
+
+
 def private_bytes(private: X25519PrivateKey) -> bytes:
     return private.private_bytes_raw()
 

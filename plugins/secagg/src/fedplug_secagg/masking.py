@@ -51,7 +51,8 @@ class SecAggConfig:
     :param precision_bits: fixed point: a value travels as ``round(value * n_samples *
         2**precision_bits)``; the average is exact to about ``2**-precision_bits``.
     :param threshold: the shares needed to recover from dropouts (default ``ceil(2n/3)`` of the
-        round's n nodes, at least 2); below it the round fails and the model is unchanged.
+        round's n nodes, at least 2); below it the round fails and the model is unchanged. It
+        must be a strict majority of the round's nodes (nodes refuse less).
     """
 
     scheme: str = SCHEME
@@ -90,6 +91,13 @@ class SecAggConfig:
         t = self.threshold if self.threshold is not None else max(2, math.ceil(2 * n_nodes / 3))
         if t > n_nodes:
             raise SecAggError(f"threshold {t} exceeds the {n_nodes} nodes of the round")
+        if 2 * t <= n_nodes:
+            raise SecAggError(
+                f"threshold {t} is not a strict majority of the round's {n_nodes} nodes: the "
+                "researcher could then ask two halves of them for the two secrets of one node "
+                "and unmask its update; nodes refuse it (use at least "
+                f"{n_nodes // 2 + 1}, or the default)"
+            )
         return t
 
     def max_samples(self) -> int:
@@ -120,6 +128,16 @@ def _names(values: dict[str, Any], key: str) -> list[str]:
 
 def _pair_info(kind: str, a: str, b: str) -> str:
     return f"fedplug-secagg|{kind}|{a}|{b}"
+
+
+def _is_public_key(value: Any) -> bool:
+    arr = np.asarray(value) if value is not None else None
+    return (
+        arr is not None
+        and arr.dtype == np.uint8
+        and arr.shape == (crypto.KEY_BYTES,)
+        and crypto.valid_public_key(arr.tobytes())
+    )
 
 
 def flatten(params: Params) -> np.ndarray:
@@ -178,6 +196,11 @@ class MaskingNode(SecAggNode):
             raise SecAggError(
                 f"threshold {threshold!r} is not between 2 and the {len(participants)} participants"
             )
+        if 2 * threshold <= len(participants):  # two disjoint quorums could unmask one node
+            raise SecAggError(
+                f"node {self.node!r} refuses threshold {threshold}: not a strict majority of the "
+                f"{len(participants)} participants"
+            )
         if values.get("round") != round_index:
             raise MessageError("the key exchange names another round than its message")
         self.round, self.participants, self.threshold = round_index, participants, threshold
@@ -196,11 +219,23 @@ class MaskingNode(SecAggNode):
         salt = crypto.round_salt(self.experiment_id, self.round)
         return crypto.derive(secret, salt, _pair_info("share", sender, recipient))
 
+    def _aad(self, sender: str, recipient: str) -> bytes:
+        """What a share from ``sender`` to ``recipient`` is bound to: the experiment, the round,
+        the pair, and the participant list this node was given (so that a node reads a peer's
+        shares only when both saw the same list: SecAgg's consistency check)."""
+        digest = crypto.participants_digest(self.participants)
+        return f"{self.experiment_id}|{self.round}|{sender}|{recipient}|{digest}".encode()
+
     def _shares(self, round_index: int, data: SecAggData) -> SecAggData:
         self._check_round(round_index, data.values)
         for peer in self.participants:
             self._peer_c[peer] = _bytes(data.arrays.get(f"c_pk:{peer}"), f"c_pk of {peer!r}")
             self._peer_s[peer] = _bytes(data.arrays.get(f"s_pk:{peer}"), f"s_pk of {peer!r}")
+            if not (
+                crypto.valid_public_key(self._peer_c[peer])
+                and crypto.valid_public_key(self._peer_s[peer])
+            ):
+                raise SecAggError(f"the key relayed for node {peer!r} is not a valid X25519 key")
         own_c = self._c.public_key().public_bytes_raw()
         own_s = self._s.public_key().public_bytes_raw()
         if self._peer_c[self.node] != own_c or self._peer_s[self.node] != own_s:
@@ -218,7 +253,7 @@ class MaskingNode(SecAggNode):
                 continue
             plaintext = crypto.share_bytes(pair[0]) + crypto.share_bytes(pair[1])
             key = self._share_key(peer, self.node, peer)
-            aad = f"{self.experiment_id}|{self.round}|{self.node}|{peer}".encode()
+            aad = self._aad(self.node, peer)
             arrays[f"to:{peer}"] = _u8(crypto.encrypt(key, plaintext, aad))
         return SecAggData(SCHEME, "shares", {"round": round_index}, arrays)
 
@@ -249,8 +284,14 @@ class MaskingNode(SecAggNode):
                 context.arrays.get(f"share:{sender}:{self.node}"), f"share from {sender!r}"
             )
             key = self._share_key(sender, sender, self.node)
-            aad = f"{self.experiment_id}|{self.round}|{sender}|{self.node}".encode()
-            plain = crypto.decrypt(key, blob, aad)
+            try:
+                plain = crypto.decrypt(key, blob, self._aad(sender, self.node))
+            except SecAggError:
+                raise SecAggError(
+                    f"node {self.node!r} cannot read {sender!r}'s shares: tampered with, or the "
+                    "researcher gave the two nodes different participant lists; refusing to "
+                    "send a masked update"
+                ) from None
             size = crypto.SHARE_BYTES
             self._received[sender] = (
                 crypto.share_int(plain[:size]),
@@ -420,14 +461,19 @@ class MaskingScheme(SecAggScheme):
             if failed:
                 participants = sorted(keys)
                 continue
+            failed = {}
             public = {}
             for node, data in keys.items():
-                public[f"c_pk:{node}"] = np.asarray(data.arrays.get("c_pk"))
-                public[f"s_pk:{node}"] = np.asarray(data.arrays.get("s_pk"))
-                for key in (f"c_pk:{node}", f"s_pk:{node}"):
-                    arr = public[key]
-                    if arr.dtype != np.uint8 or arr.shape != (crypto.KEY_BYTES,):
-                        raise SecAggError(f"node {node!r} sent a malformed public key")
+                c_pk, s_pk = data.arrays.get("c_pk"), data.arrays.get("s_pk")
+                if not all(_is_public_key(key) for key in (c_pk, s_pk)):
+                    # excluded, named: one bad key would make every honest node fail the shares
+                    failed[node] = "sent an invalid X25519 public key (malformed or low-order)"
+                    continue
+                public[f"c_pk:{node}"], public[f"s_pk:{node}"] = np.asarray(c_pk), np.asarray(s_pk)
+            if failed:
+                failures.update(failed)
+                participants = sorted(set(keys) - set(failed))
+                continue
             shares, failed = exchange(
                 SecAggData(SCHEME, "shares", {"round": round_index}, public), participants
             )
