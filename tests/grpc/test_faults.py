@@ -422,3 +422,37 @@ def test_a_revoked_credential_is_dropped_without_restarting_the_researcher(clust
         assert "revocable" not in cluster.transport.node_tags()
     assert dropped < 3.0, f"dropped after {dropped:.1f} s"
     assert {"alpha", "beta", "slow"} <= set(cluster.transport.node_tags())
+
+
+def test_a_node_told_to_stop_mid_request_exits_at_once_and_cleanly(tmp_path):
+    """SIGTERM while the node trains: the process ends within a second or so with status 0,
+    rather than when the plan's training ends (or with an abort at interpreter exit)."""
+    import signal
+    import threading
+
+    from fedplug_grpc.deploy import NodeSpec, local_deployment
+
+    np.savez(tmp_path / "d.npz", x=np.ones((40, 4)), y=np.arange(40) % 2)
+    spec = NodeSpec("busy", [("d", "numpy", ["busy"], {"path": str(tmp_path / "d.npz")})])
+    with local_deployment(tmp_path / "deploy", [spec], wait_timeout=60) as deployment:
+        exp = Experiment(
+            transport=deployment.transport,
+            tags=["busy"],
+            training_plan=LogisticRegressionPlan,
+            model_args={"n_features": 4},
+            training_args={"num_updates": 10**8},  # minutes of training
+            on_node_failure="skip",
+            min_nodes=1,
+            progress=False,
+        )
+        threading.Thread(target=lambda: support.round_error(exp, 60), daemon=True).start()
+        proc = deployment.procs["busy"]
+        time.sleep(2.0)  # the request reached the node, which is training
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        seconds = time.monotonic() - start
+        log = deployment.log("busy", 5)
+    assert code == 0, log
+    assert seconds < 3.0, f"{seconds:.1f} s to exit"
+    assert "stopped during a request" in log, log

@@ -510,6 +510,38 @@ def test_plan_review_shows_hidden_characters_inert_and_refuses_their_approval(no
     assert store.plan_status(sha) == "pending"
 
 
+def test_init_warns_of_a_path_that_does_not_exist_where_it_points(tmp_path, monkeypatch, capsys):
+    """A relative path on the command line is taken from the current directory, not from the
+    config's folder: init says so when nothing is there."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "ca.pem").write_text("pem")
+    monkeypatch.chdir(tmp_path)
+    argv = ["node", "init", "--config", "conf/node.toml", "--name", "h1"]
+    argv += ["--researcher", "r.example.org:50051", "--ca-cert", "../ca.pem", "--token-file", "t"]
+    assert fedplug(*argv) == 0
+    err = capsys.readouterr().err
+    assert f"warning: --ca-cert ../ca.pem is {tmp_path.parent / 'ca.pem'}" in err
+    assert "taken from the current directory" in err and "--token-file t" in err
+    assert (
+        fedplug(
+            "node",
+            "init",
+            "--config",
+            "conf/n2.toml",
+            "--name",
+            "h2",
+            "--researcher",
+            "r.example.org:1",
+            "--ca-cert",
+            "conf/ca.pem",
+            "--token-file",
+            "conf/ca.pem",
+        )
+        == 0
+    )
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_plan_errors_exit_2_with_a_message(node_dir, capsys):
     assert fedplug("node", "plan", "approve", "abc") == 2
     err = capsys.readouterr().err

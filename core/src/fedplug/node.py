@@ -149,6 +149,11 @@ class Node:
     def __repr__(self) -> str:
         return f"Node({self.name!r}, datasets={[d.name for d in self.datasets]})"
 
+    @property
+    def busy(self) -> bool:
+        """Whether a request is being served right now."""
+        return self._lock.locked()
+
     def stop(self) -> None:
         """Drop every experiment's session and plugin state (plans, optimizer states, keys)."""
         with self._lock:

@@ -264,6 +264,20 @@ def _cmd_init(args: argparse.Namespace) -> int:
         key_file=args.key_file,
     )
     print(f"wrote {path}")
+    for option, value in (
+        ("--ca-cert", args.ca_cert),
+        ("--token-file", args.token_file),
+        ("--cert-file", args.cert_file),
+        ("--key-file", args.key_file),
+    ):
+        target = Path(os.path.abspath(Path(value).expanduser())) if value else None
+        if target is not None and not target.exists():
+            print(
+                f"warning: {option} {value} is {target} (a relative path on the command line is "
+                f"taken from the current directory, {Path.cwd()}), which does not exist yet; "
+                f"{path.name} refers to it there",
+                file=sys.stderr,
+            )
     print(
         f"next: fedplug node dataset add --config {path} --type TYPE --tags TAGS ..., "
         f"then fedplug node start --config {path}"

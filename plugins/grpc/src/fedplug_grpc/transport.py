@@ -1476,11 +1476,18 @@ def serve_node(config: Any) -> int:
         "plaintext" if config.insecure else "TLS",
     )
     try:
-        return client.run()
+        code = client.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        node.stop()
+    if node.busy:  # stopped mid-request: end now, not when the plan's training ends (nor abort
+        # at interpreter exit under a framework's running threads)
+        log.info("node %r stopped during a request; exiting now", config.name)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 # -- the transport factory ----------------------------------------------------------------------
