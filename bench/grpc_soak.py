@@ -431,6 +431,35 @@ class RawNode:
         self.outbox.put(None)
 
 
+def _bomb_answer(payload: bytes) -> bytes:
+    """A 16 MiB ErrorReply whose header is an array of empty maps."""
+    return _empty_maps_header(16)
+
+
+def _raw_node_process(address: str, ca: bytes, token: str, name: str, answer: Any,
+                      stop: Any) -> None:  # fmt: skip
+    """A RawNode in a process of its own, so that what it allocates is not the researcher's."""
+    raw = RawNode(address, ca, token, name, answer)
+    stop.wait()
+    raw.close()
+
+
+class _RawProcess:
+    """A RawNode in a spawned process (``answer`` must be a module-level function)."""
+
+    def __init__(self, *args: Any) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.stop, self.granted_at, self.cancelled_at = context.Event(), 0.0, 0.0
+        self.process = context.Process(target=_raw_node_process, args=(*args, self.stop))
+        self.process.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.process.join(30)
+
+
 def _not_training(payload: bytes, name: str) -> bytes | None:
     """An ErrorReply to a request other than training (the round's evaluation), else None."""
     request = msg.decode(payload)
@@ -538,8 +567,8 @@ def hardening(workdir: Path) -> dict[str, Any]:
         while "intruder" not in transport.credentials and time.monotonic() < deadline:
             time.sleep(0.1)  # the researcher reads credentials.json again by itself
 
-        def round_with(name: str, answer: Any) -> tuple[Any, float]:
-            raw = RawNode(address, ca, tokens[name], name, answer)
+        def round_with(name: str, answer: Any, process: bool = False) -> tuple[Any, float]:
+            raw = (_RawProcess if process else RawNode)(address, ca, tokens[name], name, answer)
             try:
                 transport.wait_for_nodes(TAGS, names=[*names, name], timeout=30)
                 exp = _experiment(transport, on_node_failure="skip")
@@ -571,9 +600,8 @@ def hardening(workdir: Path) -> dict[str, Any]:
                           "failure": row.get("failures", {}).get("raw-stall")}  # fmt: skip
         if "stalled" not in str(found["stall"]["failure"]) or found["stall"]["fail_s"] > 3.0 + 2.0:
             failures.append(f"stalled node: {found['stall']}")
-        row, _ = round_with(  # item 3, live: a 16 MiB error reply of empty containers
-            "raw-bomb", lambda payload: _empty_maps_header(16)
-        )
+        # item 3, live: a 16 MiB error reply of empty containers from a node process
+        row, _ = round_with("raw-bomb", _bomb_answer, process=True)
         found["bomb"] = {"failure": row.get("failures", {}).get("raw-bomb"),
                          "researcher_rss_added_mib": row["researcher_rss_added_mib"]}  # fmt: skip
         if "exceeds the limit" not in str(found["bomb"]["failure"]):
@@ -706,8 +734,7 @@ def _print_hardening(result: dict[str, Any]) -> None:
           f"after its grant (round of {stall.get('seconds', 0):.1f} s: it stalls its evaluation "
           f"too); {stall.get('failure')}")  # fmt: skip
     bomb = hard.get("bomb", {})
-    print(f"  a 16 MiB error reply of empty containers: {bomb.get('failure')}; RSS of this "
-          f"process (researcher and the hostile node that builds the reply) "
+    print(f"  a 16 MiB error reply of empty containers: {bomb.get('failure')}; researcher RSS "
           f"+{bomb.get('researcher_rss_added_mib', 0):.0f} MiB")  # fmt: skip
     print(f"  a reply of shape (0, 2**63): {hard.get('shape', {}).get('failure')}")
     print(f"  float64-max parameters from one node: {hard.get('overflow', {}).get('error')}")
