@@ -122,6 +122,26 @@ def fedplug_register_transports(register: Register) -> None:
 
 
 @hookspec
+def fedplug_register_trackers(register: Register) -> None:
+    """Register experiment trackers (TensorBoard, MLflow, ...) that a researcher turns on by name.
+
+    Called once, when the tracker registry is first built. Every implementation runs.
+    ``Experiment(tracking="name")``, ``tracking=["a", "b"]`` or ``tracking={"name": {options}}``
+    builds the named trackers when the experiment is built (an unknown name or option is a
+    :class:`ConfigError` then, before any round).
+
+    :param register: ``register(name, factory)``; ``factory(experiment, **options)`` returns a
+        tracker: an object with any of ``round_finished(round_index, summary, experiment)``
+        (after each applied round: ``summary`` is the round's history row),
+        ``experiment_finished(experiment)`` (after :meth:`Experiment.run`'s last round: the
+        final model is ``experiment.global_params``) and ``close()`` (when the experiment is
+        closed). A tracker that raises while logging is reported once as a warning and turned
+        off; the experiment goes on (tracking never costs a round).
+    :return: nothing.
+    """
+
+
+@hookspec
 def fedplug_register_commands(register: Register) -> None:
     """Register sub-commands of the ``fedplug`` command line (``fedplug NAME ...``).
 

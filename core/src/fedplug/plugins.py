@@ -65,6 +65,7 @@ REGISTRY_HOOKS: dict[str, str] = {
     "optimizer_modules": "fedplug_register_optimizer_modules",
     "transports": "fedplug_register_transports",
     "commands": "fedplug_register_commands",
+    "trackers": "fedplug_register_trackers",
 }
 
 
@@ -238,6 +239,7 @@ _TYPE_CHECKS: dict[str, Callable[[str, Any], str | None]] = {
     "optimizer_modules": _check_optimizer_plugin,
     "transports": _check_callable,
     "commands": _check_callable,
+    "trackers": _check_callable,
 }
 
 
@@ -306,6 +308,10 @@ class FedplugPluginManager(pluggy.PluginManager):
     @property
     def commands(self) -> Registry:
         return self.registry("commands")
+
+    @property
+    def trackers(self) -> Registry:
+        return self.registry("trackers")
 
     def _build_registry(self, kind: str, lenient: bool = False) -> Registry:
         registry = Registry(kind, _TYPE_CHECKS[kind])

@@ -58,6 +58,7 @@ from fedplug.experiment.metrics import (
     weighted_metrics,
 )
 from fedplug.experiment.rounds import Dispatch, PlainAggregation, TrainingRound
+from fedplug.experiment.tracking import Trackers, tracking_request
 from fedplug.optimizer import Optimizer, pack_state, unpack_state
 from fedplug.plan import Params, TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import load_plan_class, make_plan_ref
@@ -116,6 +117,10 @@ class Experiment:
         ``fedplug_secagg.SecAggConfig(...)``); the researcher then learns only the weighted
         average of the nodes' parameters. The scheme runs each round's training in place of the
         plain aggregation.
+    :param tracking: experiment trackers to turn on, by name (``fedplug_register_trackers``;
+        e.g. ``"tensorboard"`` from fedplug-tensorboard, ``"mlflow"`` from fedplug-mlflow): a
+        name, a list of names, or ``{name: {options}}``. Each logs every applied round and the
+        final model; one that fails while logging is turned off with a warning.
     :param plugin_manager: where every name is resolved (default: every installed plugin).
     """
 
@@ -140,6 +145,7 @@ class Experiment:
         progress: bool | None = None,
         plugin_manager: FedplugPluginManager | None = None,
         experiment_id: str | None = None,
+        tracking: str | list[str] | dict[str, dict[str, Any]] | None = None,
         secagg: bool | str | Any = False,
         transport: str | Any = "local",
         transport_options: dict[str, Any] | None = None,
@@ -205,6 +211,7 @@ class Experiment:
             self._configure(
                 nodes, transport, training_plan, model_class, aggregator, agg_optimizer, secagg
             )
+            self.trackers = Trackers(self.pm, tracking_request(tracking), self)
         # only now, the configuration accepted, is any node contacted
         self._owns_transport = isinstance(transport, str)
         if self._owns_transport:
@@ -517,6 +524,7 @@ class Experiment:
             if bar is not None:
                 bar.close()
         self.pm.hook.fedplug_experiment_finished(experiment=self)
+        self.trackers.experiment_finished(self)
         return self.history
 
     def close(self) -> None:
@@ -524,6 +532,7 @@ class Experiment:
         sessions they hold; the gRPC server of ``transport="grpc"``). A transport object given
         as ``nodes`` or ``transport`` stays open: its maker closes it. ``with Experiment(...) as
         exp:`` closes on exit."""
+        self.trackers.close()
         if self._owns_transport:
             self.transport.close()
 
@@ -595,6 +604,7 @@ class Experiment:
         if self.checkpoint_dir is not None:
             self.save_checkpoint()
         self.pm.hook.fedplug_round_finished(round_index=index, summary=row, experiment=self)
+        self.trackers.round_finished(index, row, self)
         return row
 
     def _should_validate(self, index: int) -> bool:
