@@ -9,7 +9,9 @@ logging is reported once and turned off: the experiment and its model never wait
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from fedplug.errors import ConfigError, FedplugError
@@ -102,3 +104,73 @@ class Trackers:
     def close(self) -> None:
         self._call("close")
         self.active.clear()
+
+
+#: names a node cannot take in a tracker's metric names (they name the averages)
+RESERVED_NODE_NAMES = ("global", "mean")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def round_metrics(row: dict[str, Any], part: Callable[[str], str] = str) -> dict[str, float]:
+    """A round's history row as the ``{name: value}`` every tracker logs: ``train/loss`` (the
+    sample-weighted mean) and ``train/node_loss/<node>``, ``validation/<metric>/global``,
+    ``validation/<metric>/mean`` and ``validation/<metric>/<node>`` (when the round was
+    validated), ``durations/<name>`` and ``durations/node_train_s/<node>``, ``nodes`` (that
+    trained) and ``failures``. ``part`` maps each name part taken from the row (a node, a
+    metric, a duration) to what the tracker accepts; a node named ``global`` or ``mean`` is
+    logged as ``node-global``/``node-mean``."""
+
+    def node(name: str) -> str:
+        return part(f"node-{name}" if name in RESERVED_NODE_NAMES else name)
+
+    metrics: dict[str, float | None] = {"train/loss": _number(row.get("train_loss_mean"))}
+    for name, loss in (row.get("train_loss") or {}).items():
+        metrics[f"train/node_loss/{node(name)}"] = _number(loss)
+    for where, values in (
+        ("global", row.get("validation_global")),
+        ("mean", row.get("validation_mean")),
+        *((node(name), m) for name, m in (row.get("validation") or {}).items()),
+    ):
+        for metric, value in (values or {}).items():
+            if metric != "n_samples":
+                metrics[f"validation/{part(metric)}/{where}"] = _number(value)
+    for name, seconds in (row.get("durations") or {}).items():
+        metrics[f"durations/{part(name)}"] = _number(seconds)
+    for name, seconds in (row.get("node_train_s") or {}).items():
+        metrics[f"durations/node_train_s/{node(name)}"] = _number(seconds)
+    metrics["nodes"] = float(len(row.get("nodes") or ()))
+    metrics["failures"] = float(len(row.get("failures") or ()))
+    return {name: value for name, value in metrics.items() if value is not None}
+
+
+def experiment_settings(experiment: Any, part: Callable[[str], str] = str) -> dict[str, Any]:
+    """The experiment's settings, flat, as trackers log them: plan, aggregator, rounds, nodes,
+    tags, seed, researcher optimizer, secure aggregation, transport, and the training and model
+    arguments (``training_args.<name>``, ``model_args.<part(name)>``); unset ones left out."""
+    optimizer = getattr(experiment, "agg_optimizer", None)
+    secagg = getattr(experiment, "secagg", None)
+    config = getattr(experiment, "config", None)
+    nodes = getattr(experiment, "nodes", None) or ()
+    settings: dict[str, Any] = {
+        "experiment_id": experiment.id,
+        "plan": experiment.plan_class.__qualname__,
+        "aggregator": getattr(experiment.aggregator, "name", type(experiment.aggregator).__name__),
+        "round_limit": experiment.round_limit,
+        "nodes": ",".join(nodes),
+        "n_nodes": len(nodes),
+        "tags": ",".join(experiment.tags),
+        "seed": experiment.seed,
+        "agg_optimizer": optimizer.to_dict() if optimizer is not None else None,
+        "secagg": getattr(secagg, "name", None),
+        "transport": getattr(config, "transport", None),
+    }
+    for key, value in experiment.training_args.to_dict().items():
+        settings[f"training_args.{key}"] = value
+    for key, value in experiment.model_args.items():
+        settings[f"model_args.{part(key)}"] = value
+    return {key: value for key, value in settings.items() if value is not None}

@@ -1,0 +1,2 @@
+"""MLflow tracking for fedplug: the ``mlflow`` tracker
+(:class:`fedplug_mlflow.tracker.MlflowTracker`), turned on with ``Experiment(tracking="mlflow")``."""
