@@ -6,11 +6,11 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PLUGINS := plugins/torch_plan plugins/sklearn_plan plugins/flamby_datasets plugins/secagg \
-	plugins/grpc plugins/demo
+	plugins/grpc plugins/demo plugins/tensorboard plugins/mlflow
 PYPROJECTS := core/pyproject.toml $(foreach d,$(PLUGINS),$(d)/pyproject.toml)
 STAMP := $(VENV)/.fedplug-installed
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test test-fast bench lint format clean
 
 $(STAMP): $(PYPROJECTS) constraints.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the inner loop: core and the plan plugins' unit tests, no end-to-end runs (under 2 min on 2 cores)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests/core tests/sklearn_plan tests/torch_plan
 
 bench: $(STAMP)
 	$(BIN)/python bench/workloads.py

@@ -93,7 +93,7 @@ def test_a_command_name_two_plugins_register_is_a_conflict_fedplug_plugins_repor
         status = main(["plugins"], plugin_manager=pm)
     assert status == 1
     captured = capsys.readouterr()
-    assert "commands name 'hello' is registered by 'first' and 'second'" in captured.err
+    assert "command name 'hello' is registered by 'first' and 'second'" in captured.err
     assert "FEDPLUG_DISABLE_PLUGINS" in captured.err
     assert "first (" in captured.out and "second (" in captured.out
 
@@ -102,11 +102,11 @@ def test_fedplug_plugins_lists_what_each_plugin_registers(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert re.search(
-        r"^grpc \(fedplug-grpc [\d.]+\)\n  transports: grpc\n  commands: certs, node$",
+        r"^grpc \(fedplug-grpc [\d.]+\)\n  transports +grpc\n  commands +certs, node$",
         out,
         re.MULTILINE,
     )
-    assert re.search(r"^  training plans: torch-mlp$", out, re.MULTILINE)
+    assert re.search(r"^  training plans +torch-mlp$", out, re.MULTILINE)
     assert max(len(line) for line in out.splitlines()) <= 120
 
 

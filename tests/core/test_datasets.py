@@ -207,3 +207,95 @@ def test_load_numpy_errors(tmp_path):
 def test_loaders_are_the_registered_dataset_types(fresh_pm):
     assert fresh_pm.dataset_types["csv"] is load_csv
     assert fresh_pm.dataset_types["numpy"] is load_numpy
+
+
+# -- non-finite values are refused when the data are added (issue 17) ----------------------------
+
+
+def test_a_nan_in_x_is_refused_with_its_row_and_column():
+    x = np.zeros((10, 3))
+    x[4, 2] = np.nan
+    x[7, 0] = np.inf
+    with pytest.raises(ConfigError) as info:
+        Dataset(x, np.zeros(10), name="ward-3")
+    text = str(info.value)
+    assert text.startswith("dataset 'ward-3': x holds nan at row 4, column 2 (counting from 0;")
+    assert "2 non-finite values in all" in text
+    assert "check_finite=False" in text
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_non_finite_target_is_refused_with_its_row(bad):
+    y = np.zeros(6)
+    y[5] = bad
+    with pytest.raises(
+        ConfigError, match=rf"dataset 'd': y holds {bad} at row 5 \(counting from 0\)"
+    ):
+        Dataset(np.zeros((6, 2), dtype=np.float32), y, name="d")
+
+
+def test_a_non_finite_value_in_an_image_is_refused_with_its_position():
+    x = np.zeros((5, 1, 4, 4), dtype=np.float32)
+    x[3, 0, 2, 1] = np.inf
+    with pytest.raises(ConfigError, match=r"x holds inf at row 3, position \(0, 2, 1\)"):
+        Dataset(x, np.zeros(5, dtype=np.int64), name="scans")
+
+
+def test_a_non_finite_value_far_in_a_large_array_is_found(monkeypatch):
+    monkeypatch.setattr("fedplug.datasets._SCAN_ELEMENTS", 8)  # scanned 2 rows at a time
+    x = np.ones((101, 4))
+    x[100, 3] = -np.inf
+    with pytest.raises(ConfigError, match=r"x holds -inf at row 100, column 3 \(counting from 0\)"):
+        Dataset(x, np.zeros(101), name="d")
+
+
+def test_the_test_split_and_loaded_arrays_are_checked_too(tmp_path):
+    x = np.ones((4, 2))
+    x[1, 1] = np.nan
+    with pytest.raises(ConfigError, match="dataset 'held-out': x holds nan at row 1, column 1"):
+        Dataset(np.ones((4, 2)), np.zeros(4), test=Dataset(x, np.zeros(4), name="held-out"))
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(4))
+    with pytest.raises(ConfigError, match="x holds nan at row 1, column 1"):
+        load_numpy(path=str(tmp_path / "d.npz"))
+
+
+def test_finite_integer_and_sample_data_pass_and_the_check_can_be_turned_off():
+    Dataset(np.arange(6).reshape(3, 2), np.arange(3))  # integers cannot be NaN
+    Dataset([(np.array([np.nan]), 0)])  # samples load lazily: not scanned
+    x = np.ones((8, 2))
+    x[0, 0] = np.nan
+    data = Dataset(x, np.zeros(8), name="imputed-by-the-plan", check_finite=False)
+    train, test = data.split(0.25, seed=0)  # its splits do not scan again
+    assert len(train) == 6 and len(test) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("a,b,label\n1,2,0\n3,,1\n", r"line 3, column 'b' \(column 2\) is empty"),
+        ("a,b,label\n1,2,0\n3,4,\n", r"line 3, column 'label' \(column 3\) is empty"),
+        (
+            "a,b,label\n1,2,0\n3,n/a,1\n",
+            r"line 3, column 'b' \(column 2\) holds 'n/a', a non-numeric",
+        ),
+        (
+            "a,b,label\n1,NaN,0\n",
+            r"line 2, column 'b' \(column 2\) holds 'NaN', which is not a fini",
+        ),
+        ("a,b,label\n1,2,0\n\n3,-inf,1\n", r"line 4, column 'b' \(column 2\) holds '-inf'"),
+        ("a,b,label\n1,2,0\n3,1e39,1\n", r"line 3, column 'b' \(column 2\) holds '1e39', beyond"),
+    ],
+)
+def test_a_bad_csv_cell_is_named_by_line_and_column(tmp_path, content, match):
+    path = tmp_path / "d.csv"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_csv(path=str(path), target="label")
+    assert "remove" not in str(info.value)  # nothing was stored, nothing to remove
+
+
+def test_blank_lines_in_a_csv_are_skipped(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,label\n1,0\n\n2,1\n\n")
+    data = load_csv(path=str(path), target="label")
+    np.testing.assert_array_equal(data.y, [0, 1])

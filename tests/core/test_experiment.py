@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 import uuid
@@ -283,11 +284,13 @@ def test_a_plan_must_be_a_training_plan_class_or_name(make_nodes, plan):
 
 def test_unknown_plan_and_aggregator_names_list_what_exists(make_nodes):
     nodes = make_nodes()
-    with pytest.raises(PluginError, match="no training plans named 'logreg'") as info:
+    with pytest.raises(PluginError, match="no training plan named 'logreg'") as info:
         experiment(nodes, training_plan="logreg")
-    assert "numpy-logreg" in str(info.value)
-    with pytest.raises(PluginError, match="no aggregators named 'fedavgg'") as info:
+    assert "(did you mean 'numpy-logreg'?)" in str(info.value)
+    assert "training_plans" not in str(info.value)
+    with pytest.raises(PluginError, match="no aggregator named 'fedavgg'") as info:
         experiment(nodes, aggregator="fedavgg")
+    assert "(did you mean 'fedavg'?)" in str(info.value)
     assert "fedavg, median" in str(info.value)
 
 
@@ -422,7 +425,9 @@ def _nan_nodes(make_nodes, make_data):
     healthy = make_nodes((60, 80))
     x, y = make_data(70, 7)
     x[3, 1] = np.nan
-    [sick] = make_nodes(datasets=[Dataset(x, y, tags=healthy[0].datasets[0].tags)])
+    # a NaN is refused when a Dataset is made, unless its owner says the plan handles them
+    sick_data = Dataset(x, y, tags=healthy[0].datasets[0].tags, check_finite=False)
+    [sick] = make_nodes(datasets=[sick_data])
     return healthy, sick
 
 
@@ -437,6 +442,8 @@ def test_a_diverging_node_fails_the_round_and_keeps_the_model(make_nodes, make_d
         exp.run_once()
     assert info.value.node == sick.name
     assert "global model is unchanged" in str(info.value)
+    # one node's data at fault, not the plan's code: skipping that node is the advice
+    assert "use on_node_failure='skip'" in str(info.value)
     assert_params_equal(exp.global_params, before)
     assert exp.round_index == 0 and exp.history == []
 
@@ -461,7 +468,13 @@ def test_a_plan_that_raises_fails_the_round_with_its_error(make_nodes):
     with pytest.raises(NodeError, match="RuntimeError: kaboom on 75 samples") as info:
         exp.run_once()
     assert info.value.node == nodes[1].name
-    assert "fedplug_plan/" in str(info.value)  # where in the shipped source it failed
+    # where it failed: this file and line, not the shipped copy's fedplug_plan/<hash>.py
+    line = inspect.getsourcelines(ExplodingPlan.train)[1] + 2
+    assert re.search(rf"\(at \S*test_experiment\.py:{line} in train\)", str(info.value))
+    assert "fedplug_plan/" not in str(info.value)
+    # a bug in the plan's code fails on every node: the advice is to fix it, not to skip nodes
+    assert "PlanCodeError" in str(info.value) and "fix the plan's code" in str(info.value)
+    assert "on_node_failure='skip'" not in str(info.value)
     assert_params_equal(exp.global_params, before)
     assert exp.history == []
 

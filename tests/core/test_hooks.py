@@ -71,7 +71,7 @@ def test_hook_fedplug_register_training_plans(fresh_pm, make_nodes):
     exp = Experiment(
         nodes=lacking, training_plan="custom-plan", model_args=MODEL_ARGS, plugin_manager=fresh_pm
     )
-    with pytest.raises(NodeError, match="no training plans named 'custom-plan'"):
+    with pytest.raises(NodeError, match="no training plan named 'custom-plan'"):
         exp.run_once()
 
     fresh_pm.register(Plugin(), name="plans-again")

@@ -77,6 +77,16 @@ def test_unknown_names_list_the_available_ones():
         assert name in str(info.value)
 
 
+def test_a_misspelled_optimizer_name_gets_a_suggestion_of_its_kind():
+    with pytest.raises(ConfigError, match=r"module 'adma' \(did you mean 'adam'\?\)"):
+        Optimizer(lr=0.1, modules=["adma"])
+    with pytest.raises(ConfigError, match=r"regularizer 'ridgee' \(did you mean 'ridge'\?\)"):
+        Optimizer(lr=0.1, regularizers=["ridgee"])
+    with pytest.raises(ConfigError, match=r"regularizer 'l1';") as info:
+        Optimizer(lr=0.1, regularizers=["l1"])
+    assert "did you mean" not in str(info.value)
+
+
 def test_a_bad_config_names_the_modules_parameters():
     with pytest.raises(ConfigError, match="optimizer module 'momentum'") as info:
         Optimizer(lr=0.1, modules=[("momentum", {"betta": 0.5})])

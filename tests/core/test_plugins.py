@@ -292,7 +292,7 @@ def test_an_aggregator_that_is_not_callable_is_refused(fresh_pm):
 @pytest.mark.parametrize("name", ["", None, 3])
 def test_invalid_registered_names_are_refused(fresh_pm, name):
     fresh_pm.register(AggregatorPlugin(name), name="sloppy")
-    with pytest.raises(PluginError, match="invalid name"):
+    with pytest.raises(PluginError, match="registered an aggregator with an invalid name"):
         fresh_pm.aggregators  # noqa: B018
 
 
@@ -351,13 +351,54 @@ def test_bad_import_paths_are_plugin_errors(fresh_pm, path, when):
 
 
 def test_unknown_names_list_what_is_available(fresh_pm):
-    with pytest.raises(PluginError, match="no aggregators named 'nope'") as info:
+    with pytest.raises(PluginError, match="no aggregator named 'nope'") as info:
         fresh_pm.aggregators["nope"]
     assert "fedavg, median" in str(info.value)
     with pytest.raises(PluginError, match="numpy-logreg"):
         fresh_pm.training_plans["nope"]
     with pytest.raises(PluginError, match="training_plans"):
         fresh_pm.registry("bogus")
+
+
+@pytest.mark.parametrize(
+    ("kind", "typo", "noun", "suggestion"),
+    [
+        ("training_plans", "numpy-logreg2", "training plan", "'numpy-logreg'"),
+        ("training_plans", "logreg", "training plan", "'numpy-logreg'"),
+        ("aggregators", "fedavrg", "aggregator", "'fedavg'"),
+        ("aggregators", "FedAvg", "aggregator", "'fedavg'"),
+        ("dataset_types", "cvs", "dataset type", "'csv'"),
+        ("optimizer_modules", "adma", "optimizer module", "'adam'"),
+        ("transports", "lokal", "transport", "'local'"),
+        ("commands", "plugin", "command", "'plugins'"),
+    ],
+)
+def test_a_misspelled_name_gets_a_suggestion_in_plain_words(fresh_pm, kind, typo, noun, suggestion):
+    with pytest.raises(PluginError) as info:
+        fresh_pm.registry(kind)[typo]
+    text = str(info.value)
+    assert text.startswith(f"no {noun} named {typo!r} is registered (did you mean {suggestion}?)")
+    assert kind not in text  # "training plan", never "training_plans"
+
+
+@pytest.mark.parametrize(
+    ("kind", "noun"), [("secagg_schemes", "secure-aggregation scheme"), ("trackers", "tracker")]
+)
+def test_an_unknown_name_far_from_every_name_gets_no_suggestion(fresh_pm, kind, noun):
+    with pytest.raises(PluginError) as info:
+        fresh_pm.registry(kind)["zzz"]
+    assert str(info.value).startswith(f"no {noun} named 'zzz' is registered (available: none)")
+    assert "did you mean" not in str(info.value)
+
+
+def test_registration_mistakes_use_the_singular_name(fresh_pm):
+    fresh_pm.register(AggregatorPlugin("twin"), name="first-plugin")
+    fresh_pm.register(AggregatorPlugin("twin"), name="second-plugin")
+    with pytest.raises(PluginError, match=r"^aggregator name 'twin' is registered by both"):
+        fresh_pm.aggregators  # noqa: B018
+    assert fresh_pm.conflicts() == [
+        "aggregator name 'twin' is registered by 'first-plugin' and 'second-plugin'"
+    ]
 
 
 # -- `fedplug plugins` --------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def test_hook_fedplug_register_transports(make_nodes, pm):
 
 def test_an_unknown_transport_or_option_is_a_clear_error(make_nodes, pm):
     nodes = make_nodes()
-    with pytest.raises(PluginError, match=r"no transports named 'carrier-pigeon'.*counting, local"):
+    with pytest.raises(PluginError, match=r"no transport named 'carrier-pigeon'.*counting, local"):
         experiment(nodes, pm, transport="carrier-pigeon")
     with pytest.raises(ConfigError, match=r"unknown counting transport option\(s\) \['colour'\]"):
         experiment(nodes, pm, transport="counting", transport_options={"colour": "red"})

@@ -16,6 +16,17 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+def test_readme_example_is_as_long_as_its_heading_says_and_seeded():
+    text = README.read_text()
+    heading = re.search(r"^## An experiment in (\d+) lines$", text, flags=re.M)
+    assert heading, "the README's example heading changed: update this test"
+    block = next(b for b in python_blocks(text[heading.end() :]))
+    assert len(block.splitlines()) <= int(heading.group(1)), (
+        f"the example under '{heading.group(0)[3:]}' has {len(block.splitlines())} lines"
+    )
+    assert re.search(r"\bseed=\d+", block), "the example sets no seed: its results vary"
+
+
 def test_readme_example_experiment_runs_and_learns(tmp_path):
     block = next(
         b for b in python_blocks(README.read_text()) if "Experiment(" in b and "run()" in b

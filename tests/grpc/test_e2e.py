@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,10 +19,12 @@ import numpy as np
 import pytest
 
 from fedplug import Experiment
-from fedplug_demo.demo import PLANS, TAGS, demo_nodes, grpc_federation
+from fedplug_demo.demo import PLANS, TAGS, demo_node_specs, demo_nodes, grpc_federation
 
 pytest.importorskip("grpc")
 torch = pytest.importorskip("torch")
+
+from fedplug_grpc.deploy import StartupReport, local_deployment  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -148,6 +152,58 @@ def test_the_demo_command_runs_over_grpc(tmp_path):
     assert leftovers == {}, f"node processes outlived the demo: {leftovers}"
     for hospital in HOSPITALS:
         assert "connected" in (out / "grpc" / hospital / "node.log").read_text()
+    # what happened before the first round was told, in order, as plain lines (not a terminal)
+    err = result.stderr
+    assert "\r" not in err
+    steps = [
+        "creating TLS certificates and node credentials in ",
+        "starting 3 node processes (their output: ",
+        "waiting for 3 nodes: 0 connected",
+        "waiting for 3 nodes: 3 connected (hospital-1, hospital-2, hospital-3)",
+        "3 nodes connected in ",
+        "preparing the experiment: torch-mlp, fedavg, 3 hospitals",
+        "stopping 3 node processes",
+    ]
+    positions = [err.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), err
+    waits = re.findall(r"^waiting for 3 nodes: (\d) connected", err, re.MULTILINE)
+    assert waits == sorted(waits) and len(set(waits)) == len(waits), err  # one line per change
+
+
+def test_a_deployment_says_what_it_does_and_counts_nodes_as_they_connect(tmp_path):
+    err = io.StringIO()
+    specs = demo_node_specs(2, 0, tmp_path)
+    with local_deployment(tmp_path, specs, wait_timeout=120, report=StartupReport(err)):
+        started = err.getvalue()
+    lines = started.splitlines()
+    assert lines[0] == f"creating TLS certificates and node credentials in {tmp_path / 'certs'}"
+    assert lines[1] == f"starting 2 node processes (their output: {tmp_path}/NAME/node.log)"
+    assert lines[2] == "waiting for 2 nodes: 0 connected"
+    assert lines[-2] == "waiting for 2 nodes: 2 connected (hospital-1, hospital-2)"
+    assert re.fullmatch(r"2 nodes connected in \d+\.\d s", lines[-1])
+    assert err.getvalue()[len(started) :] == "stopping 2 node processes\n"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_waiting_line_is_rewritten_in_place():
+    out = Terminal()
+    report = StartupReport(out)
+    report.step("starting 2 node processes")
+    report.waiting([], 2)
+    report.waiting(["b"], 2)
+    report.waiting(["a", "b"], 2)
+    report.step("2 nodes connected in 0.5 s")
+    assert out.getvalue() == (
+        "starting 2 node processes\n"
+        "\r\x1b[Kwaiting for 2 nodes: 0 connected"
+        "\r\x1b[Kwaiting for 2 nodes: 1 connected (b)"
+        "\r\x1b[Kwaiting for 2 nodes: 2 connected (a, b)\n"
+        "2 nodes connected in 0.5 s\n"
+    )
 
 
 def test_ctrl_c_stops_the_grpc_demo_and_its_node_processes(tmp_path):

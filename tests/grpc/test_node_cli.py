@@ -414,6 +414,8 @@ def test_a_dataset_that_fails_to_load_is_not_stored(node_dir, capsys):
     err = capsys.readouterr().err
     assert err.startswith("fedplug node: error: dataset 'demo' (type csv) could not be loaded")
     assert "missing.csv" in err
+    # nothing was stored, so nothing is to be removed
+    assert "nothing was added" in err and "dataset remove" not in err
     assert NodeStore(node_dir / "h1.db").datasets() == []
     # --no-check stores it without loading it
     assert fedplug(*argv, "--no-check", "--name", "later") == 0
@@ -425,7 +427,7 @@ def test_a_dataset_that_fails_to_load_is_not_stored(node_dir, capsys):
     [
         (["--type", "csv", "--path", "data.csv", "--center", "2"], "does not accept --center"),
         (["--type", "csv", "--path", "data.csv"], "'csv' needs --target"),
-        (["--type", "parquet", "--path", "data.csv"], "no dataset types named 'parquet'"),
+        (["--type", "parquet", "--path", "data.csv"], "no dataset type named 'parquet'"),
         (["--type", "csv", "--path", "data.csv", "--target", "label", "x"], "unexpected argument"),
     ],
 )

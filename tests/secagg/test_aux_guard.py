@@ -310,13 +310,14 @@ def test_cli_demo_secagg_scaffold_exits_2_before_any_round(tmp_path):
     )
     assert result.returncode == 2
     assert result.stdout == ""
+    # what the demo prepares, then the error: no round, no progress bar, no traceback
     lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr  # no progress bar, no traceback: only the error
-    assert lines[0].startswith(
+    assert len(lines) == 2 and lines[0].startswith("preparing the experiment:"), result.stderr
+    assert lines[1].startswith(
         "fedplug: error: secure aggregation cannot be used with optimizer module "
         "'scaffold-client' on the node side (the training plan's optimizer)"
     )
-    assert ALTERNATIVES in lines[0]
+    assert ALTERNATIVES in lines[1]
     assert not out.exists()  # no results were written
 
 

@@ -274,7 +274,7 @@ def test_secagg_settings_forms():
     config = SecAggConfig(clip=100.0, precision_bits=20, threshold=3)
     assert demo_experiment(secagg=config).secagg.config is config
     assert demo_experiment(secagg=False).secagg is None
-    with pytest.raises(PluginError, match="no secagg schemes named 'paillier'"):
+    with pytest.raises(PluginError, match="no secure-aggregation scheme named 'paillier'"):
         demo_experiment(secagg="paillier")
     with pytest.raises(ConfigError, match="secagg must be True, a registered scheme name"):
         demo_experiment(secagg=42)

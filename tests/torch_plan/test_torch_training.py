@@ -450,22 +450,48 @@ def test_torch_adapter_reads_gradients_and_applies_updates_in_place():
 # -- device --------------------------------------------------------------------------------------
 
 
-def test_cuda_device_falls_back_to_cpu_with_a_warning_or_moves_the_model(task):
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_device_moves_the_model_to_the_gpu(task):
     plan = LinearPlan()
     data = _dataset(task)
-
-    if torch.cuda.is_available():
-        result = plan.train(data, _args(num_updates=2, device="cuda"))
-        assert plan.device.type == "cuda"
-        assert next(plan.model.parameters()).device.type == "cuda"
-    else:
-        with pytest.warns(UserWarning, match="CUDA is not available"):
-            result = plan.train(data, _args(num_updates=2, device="cuda"))
-        assert plan.device.type == "cpu"
-        assert next(plan.model.parameters()).device.type == "cpu"
+    result = plan.train(data, _args(num_updates=2, device="cuda"))
+    assert plan.device.type == "cuda"
+    assert next(plan.model.parameters()).device.type == "cuda"
     assert result.n_steps == 2
     assert all(value.dtype == np.float32 for value in plan.get_parameters().values())
     assert "accuracy" in plan.evaluate(data, _args(device="cuda"))
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:1"])
+def test_a_gpu_asked_for_on_a_node_without_one_is_an_error_not_a_fallback(
+    task, monkeypatch, device
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plan = LinearPlan()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning-and-carry-on either
+        with pytest.raises(fedplug.ConfigError, match=rf"device='{device}' asks for a GPU") as info:
+            plan.train(_dataset(task), _args(num_updates=1, device=device))
+    assert "device='auto'" in str(info.value)  # the fallback, when one is wanted
+    assert plan.model is None or next(plan.model.parameters()).device.type == "cpu"
+
+
+def test_a_gpu_number_the_node_does_not_have_is_an_error(task, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(
+        fedplug.ConfigError, match=r"device='cuda:2' asks for GPU 2, but this node has 2"
+    ):
+        LinearPlan().train(_dataset(task), _args(num_updates=1, device="cuda:2"))
+
+
+def test_auto_device_falls_back_to_the_cpu_without_a_gpu(task, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plan = LinearPlan()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = plan.train(_dataset(task), _args(num_updates=2, device="auto"))
+    assert result.n_steps == 2 and plan.device.type == "cpu"
 
 
 def test_auto_device_uses_cuda_only_when_available(task):

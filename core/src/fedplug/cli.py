@@ -8,10 +8,12 @@ set it up is left out with a warning: one broken plugin never takes the whole co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from fedplug.errors import FedplugError
 from fedplug.plugins import FedplugPluginManager, active, get_plugin_manager
@@ -24,6 +26,12 @@ def build_parser(pm: FedplugPluginManager | None = None) -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(
         prog="fedplug",
         description="Federated learning: a minimal core plus installable plugins.",
+    )
+    parser.add_argument(
+        "--version",
+        action=VersionAction,
+        plugin_manager=pm,
+        help="print fedplug's version and the installed plugin distributions' versions",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     registry = pm.lenient_registry("commands")
@@ -61,24 +69,77 @@ def main(
 ) -> int:
     """Run ``fedplug ARGV`` with the commands of ``plugin_manager``'s plugins (default: every
     installed plugin's); return the exit code."""
+    try:
+        return _main(argv, plugin_manager)
+    except BrokenPipeError:  # `fedplug optimizers | head`: the reader has all it wanted
+        # what is still buffered goes nowhere, instead of failing again at exit
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None, plugin_manager: FedplugPluginManager | None) -> int:
     pm = plugin_manager or get_plugin_manager()
     parser = build_parser(pm)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # --help, --version, a usage error: written out while a pipe is open
+        sys.stdout.flush()
+        raise
     if args.command is None:
         parser.print_help()
+        sys.stdout.flush()
         return 0
     try:
         with active(pm):
-            return args.run(args)
+            status = args.run(args)
+        sys.stdout.flush()  # a closed pipe is a BrokenPipeError here, not at interpreter exit
+        return status
     except FedplugError as exc:
         print(f"fedplug: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedplug: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `fedplug optimizers | head`: the reader has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+
+
+class VersionAction(argparse.Action):
+    """``fedplug --version``: fedplug's version, then each installed plugin distribution's with
+    the plugins it provides (looked up only when asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str, plugin_manager: Any, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.plugin_manager = plugin_manager
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(version_text(self.plugin_manager))
+        parser.exit()
+
+
+def version_text(pm: FedplugPluginManager) -> str:
+    """What ``fedplug --version`` prints."""
+    import importlib.metadata
+    import platform
+
+    try:
+        core = importlib.metadata.version("fedplug")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source checkout
+        core = "unknown"
+    lines = [f"fedplug {core} (Python {platform.python_version()})"]
+    plugins: dict[tuple[str, str], list[str]] = {}
+    for info in pm.plugin_infos():
+        if info.distribution in (None, "fedplug"):
+            continue
+        state = " (disabled)" if info.disabled else " (failed to load)" if info.error else ""
+        key = (info.distribution, info.version or "unknown version")
+        plugins.setdefault(key, []).append(f"{info.name}{state}")
+    if plugins:
+        width = max(len(f"{dist} {version}") for dist, version in plugins)
+        lines.append("plugin distributions:")
+        for (dist, version), names in sorted(plugins.items()):
+            label = "plugin" if len(names) == 1 else "plugins"
+            lines.append(f"  {f'{dist} {version}':<{width}}  {label} {', '.join(names)}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

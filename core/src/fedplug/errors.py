@@ -48,6 +48,23 @@ class PlanError(FedplugError):
     """A training plan could not be built, is malformed, or failed while training."""
 
 
+class PlanCodeError(PlanError):
+    """The plan's own code raised an exception (a bug in the plan, not a node's data or setup):
+    it usually fails alike on every node, which skipping nodes does not help."""
+
+
+def node_failure_advice(exc: BaseException) -> str:
+    """What to do about a node failure that stopped a round under ``on_node_failure="fail"``:
+    fix the plan when its own code failed (every node runs that code alike), else skip nodes."""
+    kind = (exc.detail if isinstance(exc, NodeError) else "").partition(":")[0]
+    if isinstance(exc, PlanCodeError) or kind == PlanCodeError.__name__:
+        return (
+            "fix the plan's code: an error in it usually fails on every node, which skipping "
+            "failed nodes does not help"
+        )
+    return "use on_node_failure='skip' to continue without failing nodes"
+
+
 class AggregationError(FedplugError):
     """Replies could not be aggregated (no replies, zero samples, mismatched parameters)."""
 

@@ -32,7 +32,8 @@ import numpy as np
 
 from fedplug.errors import MessageError
 
-VERSION = 2
+#: the message format; bumped whenever a field is added (3: PlanRef.source_file/source_line)
+VERSION = 3
 DEFAULT_MAX_BYTES = 4 * 1024**3
 #: the largest header a message may have (names, shapes, plan source, JSON settings): the
 #: arrays travel outside it; a researcher reading replies allows far less (REPLY_HEADER_BYTES)
@@ -66,12 +67,19 @@ JSON = Any  # None, bool, int, float, str, and lists / str-keyed dicts of those
 
 @dataclass
 class PlanRef:
-    """How a node finds the plan to run: a registered name, or source code plus its imports."""
+    """How a node finds the plan to run: a registered name, or source code plus its imports.
+
+    Shipped source comes with where its class was written on the researcher's side
+    (``source_file``, and ``source_line``, the line where the class's definition starts there):
+    an error in the plan's code then names that file and line instead of the shipped copy's. They
+    are not covered by ``sha256`` and serve error messages only."""
 
     name: str | None = None
     source: str | None = None
     class_name: str | None = None
     sha256: str | None = None
+    source_file: str | None = None
+    source_line: int | None = None
 
 
 @dataclass

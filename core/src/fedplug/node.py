@@ -25,10 +25,17 @@ import numpy as np
 
 from fedplug import messages as msg
 from fedplug.datasets import Dataset
-from fedplug.errors import ConfigError, FedplugError, MessageError, NodeError, PlanError, describe
+from fedplug.errors import (
+    ConfigError,
+    FedplugError,
+    MessageError,
+    NodeError,
+    PlanCodeError,
+    PlanError,
+)
 from fedplug.optimizer import Optimizer, pack_aux_vars
 from fedplug.plan import TrainingArgs, TrainingPlan, params_spec
-from fedplug.planref import check_reviewable, load_plan_class, source_hash
+from fedplug.planref import check_reviewable, describe_plan_error, load_plan_class, source_hash
 from fedplug.plugins import FedplugPluginManager, active, get_plugin_manager
 from fedplug.text import inert
 
@@ -245,7 +252,7 @@ class Node:
     def _failed(self, ids: list[Any], exc: Exception) -> msg.ErrorReply:
         if isinstance(exc, FedplugError):
             return self._error(ids[0], ids[1], exc)
-        return self._error(ids[0], ids[1], PlanError(_describe(exc)))  # a bug in plan code
+        return self._error(ids[0], ids[1], PlanCodeError(_describe(exc)))  # a bug in plan code
 
     def _param_sinks(self, request: Any, prepared: list[Any]) -> dict[Any, msg.Sink] | None:
         """Where the parameters of a request whose header just arrived go: the plan's own
@@ -561,4 +568,4 @@ def _describe(exc: BaseException) -> str:
     hint = ""
     if isinstance(exc, NameError):
         hint = "; a plan shipped as source must declare its imports with add_dependency([...])"
-    return describe(exc) + hint
+    return describe_plan_error(exc) + hint

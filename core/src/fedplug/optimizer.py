@@ -23,7 +23,12 @@ import numpy as np
 from fedplug.adapter import ModelAdapter, NumpyAdapter
 from fedplug.errors import ConfigError, MessageError, PluginError
 from fedplug.messages import AuxVarData
-from fedplug.plugins import FedplugPluginManager, current_plugin_manager, optimizer_kind
+from fedplug.plugins import (
+    FedplugPluginManager,
+    current_plugin_manager,
+    did_you_mean,
+    optimizer_kind,
+)
 
 if TYPE_CHECKING:
     from fedplug.plan import Params
@@ -119,9 +124,11 @@ def _resolve(kind: str, name: str, pm: FedplugPluginManager) -> type:
     """The declearn class registered as ``name``, checked to be a plug-in of ``kind``."""
     registry = pm.optimizer_modules
     if name not in registry:
-        names = ", ".join(sorted(available(kind, pm)))
+        found = available(kind, pm)
+        names = ", ".join(sorted(found))
         raise ConfigError(
-            f"unknown optimizer {kind} {name!r}; available: {names}. A third-party {kind} comes "
+            f"unknown optimizer {kind} {name!r}{did_you_mean(name, found)}; available: {names}. "
+            f"A third-party {kind} comes "
             "from an installed plugin (fedplug_register_optimizer_modules); `fedplug optimizers` "
             "lists every name, `fedplug plugins` which plugin provides it"
         )

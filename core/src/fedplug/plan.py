@@ -7,8 +7,11 @@ what aggregators average and what the researcher's optimizer steps.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,6 +33,11 @@ class TrainingArgs:
 
     Local work is counted either in ``epochs`` (passes over the node's training split, Fed-BioMed's
     way) or in ``num_updates`` (optimizer steps, FLamby's way), never both; neither means 1 epoch.
+
+    ``device`` is where a plan that can use a GPU (a ``TorchTrainingPlan``) trains: ``"cpu"``
+    (the default), ``"cuda"`` or ``"cuda:N"`` (that GPU; a node without it refuses the request
+    with an error instead of training on its CPU), or ``"auto"``, the fallback: a node's GPU
+    where it has one, else its CPU.
     """
 
     epochs: int | None = None
@@ -121,6 +129,28 @@ class TrainResult:
     loss: float
 
 
+_INTERRUPTED = threading.Event()
+
+
+def check_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` when the run was interrupted (Ctrl-C) while this training
+    runs on a thread that the signal does not reach (``Experiment(workers=N)``). Training loops
+    call it between batches: :func:`batch_indices` does, and so do fedplug's plans. A plan that
+    never calls it still stops, only later (at the end of its local training)."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt("the run was interrupted")
+
+
+@contextlib.contextmanager
+def interrupting() -> Iterator[None]:
+    """While inside, :func:`check_interrupt` raises in every thread of this process."""
+    _INTERRUPTED.set()
+    try:
+        yield
+    finally:
+        _INTERRUPTED.clear()
+
+
 def batch_indices(n_samples: int, args: TrainingArgs, rng: np.random.Generator):
     """Yield index arrays of ``args.batch_size``, reshuffled each pass, for ``args.num_steps`` steps.
 
@@ -133,6 +163,7 @@ def batch_indices(n_samples: int, args: TrainingArgs, rng: np.random.Generator):
     while done < steps:
         order = rng.permutation(n_samples)
         for start in range(0, n_samples, args.batch_size):
+            check_interrupt()
             yield order[start : start + args.batch_size]
             done += 1
             if done == steps:

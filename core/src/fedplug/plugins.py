@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import functools
 import importlib
 import importlib.metadata
@@ -31,7 +32,7 @@ import pickle
 import sys
 import types
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,6 +69,36 @@ REGISTRY_HOOKS: dict[str, str] = {
     "trackers": "fedplug_register_trackers",
 }
 
+#: registry kind -> what one of its entries is called in messages
+KIND_NAMES: dict[str, str] = {
+    "training_plans": "training plan",
+    "aggregators": "aggregator",
+    "dataset_types": "dataset type",
+    "secagg_schemes": "secure-aggregation scheme",
+    "optimizer_modules": "optimizer module",
+    "transports": "transport",
+    "commands": "command",
+    "trackers": "tracker",
+}
+
+
+def did_you_mean(name: object, candidates: Iterable[str]) -> str:
+    """``" (did you mean 'fedavg'?)"`` when ``name`` is close to one or more of ``candidates``
+    (a misspelling, or a part of a longer name), else ``""``."""
+    if not isinstance(name, str) or not name:
+        return ""
+    candidates = sorted(set(candidates))
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    lowered = name.lower()
+    for candidate in candidates:  # 'logreg' for 'numpy-logreg', 'FedAvg' for 'fedavg'
+        if candidate not in close and (
+            candidate.lower() == lowered or (len(name) >= 3 and lowered in candidate.lower())
+        ):
+            close.append(candidate)
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join(repr(c) for c in close[:3])}?)"
+
 
 @dataclass
 class PluginInfo:
@@ -95,6 +126,8 @@ class Registry(Mapping[str, Any]):
 
     def __init__(self, kind: str, check: Callable[[str, Any], str | None]) -> None:
         self.kind = kind
+        #: what one entry is called in messages ("training plan", "aggregator", ...)
+        self.noun = KIND_NAMES.get(kind, kind.replace("_", " "))
         self._check = check
         self._entries: dict[str, Any] = {}
         self._paths: dict[str, str] = {}
@@ -105,7 +138,8 @@ class Registry(Mapping[str, Any]):
     def add(self, name: str, obj: Any, owner: str, lenient: bool = False) -> None:
         if not isinstance(name, str) or not name:
             raise PluginError(
-                f"plugin {owner!r} registered a {self.kind} entry with an invalid name {name!r}; "
+                f"plugin {owner!r} registered {'an' if self.noun[0] in 'aeiou' else 'a'} "
+                f"{self.noun} with an invalid name {name!r}; "
                 "names must be non-empty strings"
             )
         if name in self._owners:
@@ -113,14 +147,14 @@ class Registry(Mapping[str, Any]):
                 self.conflicts.setdefault(name, [self._owners[name]]).append(owner)
                 return
             raise PluginError(
-                f"{self.kind.replace('_', ' ')} name {name!r} is registered by both plugin "
+                f"{self.noun} name {name!r} is registered by both plugin "
                 f"{self._owners[name]!r} and plugin {owner!r}; disable one of them with "
                 "FEDPLUG_DISABLE_PLUGINS"
             )
         if isinstance(obj, str):
             if obj.count(":") != 1:
                 raise PluginError(
-                    f"plugin {owner!r} registered {self.kind} entry {name!r} as {obj!r}; an "
+                    f"plugin {owner!r} registered {self.noun} {name!r} as {obj!r}; an "
                     "import path must look like 'package.module:attribute'"
                 )
             self._paths[name] = obj
@@ -133,8 +167,7 @@ class Registry(Mapping[str, Any]):
         problem = self._check(name, obj)
         if problem is not None:
             raise PluginError(
-                f"plugin {owner!r} registered {self.kind} entry {name!r} as {obj!r}; "
-                f"it must be {problem}"
+                f"plugin {owner!r} registered {self.noun} {name!r} as {obj!r}; it must be {problem}"
             )
 
     def owner(self, name: str) -> str:
@@ -165,7 +198,7 @@ class Registry(Mapping[str, Any]):
                 obj = getattr(importlib.import_module(module_name), attr)
             except Exception as exc:
                 raise PluginError(
-                    f"{self.kind} entry {name!r} of plugin {owner!r} cannot be imported from "
+                    f"{self.noun} {name!r} of plugin {owner!r} cannot be imported from "
                     f"{path!r}: {type(exc).__name__}: {exc}"
                 ) from exc
             self._validate(name, obj, owner)
@@ -175,9 +208,9 @@ class Registry(Mapping[str, Any]):
     def _unknown(self, name: str) -> None:
         available = ", ".join(sorted(self._owners)) or "none"
         raise PluginError(
-            f"no {self.kind.replace('_', ' ')} named {name!r} is registered (available: "
-            f"{available}); is the plugin that provides it installed? `fedplug plugins` lists "
-            "what is loaded"
+            f"no {self.noun} named {name!r} is registered{did_you_mean(name, self._owners)} "
+            f"(available: {available}); is the plugin that provides it installed? "
+            "`fedplug plugins` lists what is loaded"
         )
 
     def __contains__(self, name: object) -> bool:
@@ -341,7 +374,7 @@ class FedplugPluginManager(pluggy.PluginManager):
             registry = self._build_registry(kind, lenient=True)
             for name, owners in sorted(registry.conflicts.items()):
                 plugins = " and ".join(repr(owner) for owner in sorted(owners))
-                found.append(f"{kind.replace('_', ' ')} name {name!r} is registered by {plugins}")
+                found.append(f"{KIND_NAMES[kind]} name {name!r} is registered by {plugins}")
         return found
 
     def distribution(self, plugin: str) -> str | None:

@@ -14,7 +14,6 @@ transport is opened: a configuration that cannot work is refused before any node
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -51,6 +50,7 @@ from fedplug.experiment.config import (
     validation_period,
 )
 from fedplug.experiment.metrics import (
+    default_progress,
     mean_over_nodes,
     postfix,
     progress_bar,
@@ -63,6 +63,7 @@ from fedplug.optimizer import Optimizer, pack_state, unpack_state
 from fedplug.plan import Params, TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import load_plan_class, make_plan_ref
 from fedplug.plugins import FedplugPluginManager, active, get_plugin_manager
+from fedplug.report import ResultsTable, history_figure, plot_history, results_table
 from fedplug.transport import is_transport
 
 __all__ = [
@@ -99,7 +100,8 @@ class Experiment:
     :param workers: local nodes trained at once (threads, or processes with ``processes``); by
         default nodes take turns in this process, the fastest on small machines.
     :param processes: run local nodes in worker processes (default: one per CPU core).
-    :param progress: show a progress bar per round (default: when stderr is a terminal).
+    :param progress: show progress per round (default: when stderr is a terminal, or in a
+        Jupyter notebook; with stderr not a terminal, one line per round).
     :param transport: a registered transport's name (``fedplug_register_transports``):
         ``"local"`` (core's: the in-process ``nodes``, the default), ``"grpc"`` (fedplug-grpc: a
         server that node processes connect to), ...; or a transport object the caller made (and
@@ -179,7 +181,7 @@ class Experiment:
             )
         self.on_node_failure = on_node_failure
         self.min_nodes = check_positive("min_nodes", min_nodes)
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = default_progress() if progress is None else progress
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.keep_checkpoints = check_positive("keep_checkpoints", keep_checkpoints)
         if self.checkpoint_dir is not None:
@@ -593,7 +595,7 @@ class Experiment:
                 row["validation"], row["validation_global"], row["validation_failures"] = validation
                 row["validation_mean"] = mean_over_nodes(row["validation"])
                 row["durations"]["validate_s"] = time.perf_counter() - vstart
-        except FedplugError:
+        except BaseException:  # a failure, or Ctrl-C: the round is not applied, not even in part
             if self.agg_optimizer is not None:
                 self.agg_optimizer.set_state(optimizer_state)
             raise
@@ -621,6 +623,28 @@ class Experiment:
         replies, failures = dispatch.collect(payload, index, msg.EvaluateReply, lambda n, r: None)
         per_node, overall = weighted_metrics(replies)
         return per_node, overall, failures
+
+    def results(self, per_node: bool = False) -> ResultsTable:
+        """The rounds so far as a table: a row per round (nodes, weighted train loss, the global
+        model's validation metrics ``val_<name>``, failures, seconds), or with ``per_node`` a row
+        per round and node. It prints as text, a notebook renders it, and
+        ``pandas.DataFrame(exp.results())`` (or ``.to_pandas()``) makes a data frame."""
+        return results_table(self.history, per_node)
+
+    def plot(
+        self, path: str | Path | None = None, metric: str | None = None, title: str = ""
+    ) -> Any:
+        """The learning curves (training and validation loss, and the validation ``metric`` of
+        the global model, per node and overall) as a matplotlib figure, which a notebook shows
+        inline; with ``path``, also written there as PNG and SVG. Needs matplotlib
+        (``pip install 'fedplug[plot]'``)."""
+        try:
+            figure = history_figure(self.history, metric, title)
+        except ImportError:
+            raise ConfigError("plotting needs matplotlib: pip install 'fedplug[plot]'") from None
+        if path is not None:
+            plot_history(self.history, path, metric, title)
+        return figure
 
     def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
         """Validate the current global model on every node's held-out split now: per-node

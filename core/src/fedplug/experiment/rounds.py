@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,13 @@ import numpy as np
 
 from fedplug import messages as msg
 from fedplug.aggregators import Aggregator
-from fedplug.errors import AggregationError, FedplugError, MessageError, NodeError
+from fedplug.errors import (
+    AggregationError,
+    FedplugError,
+    MessageError,
+    NodeError,
+    node_failure_advice,
+)
 from fedplug.optimizer import Optimizer, pack_aux_vars
 from fedplug.plan import Params, params_spec
 from fedplug.text import inert
@@ -40,6 +46,25 @@ class StreamFold:
     commit: Callable[[str, Any], None]
     reset: Callable[[], None]
     dirty: bool = False  # part of a reply not yet committed has been folded in
+
+
+@contextlib.contextmanager
+def interruptible(stream: Any) -> Iterator[Any]:
+    """Close a transport's reply stream when its collection ends. On Ctrl-C (a
+    ``BaseException`` that is not an ``Exception``) the interrupt is raised inside the stream
+    too, so that the transport stops its nodes' work at once instead of draining it as it does
+    for a round that merely failed."""
+    try:
+        yield stream
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and hasattr(stream, "throw"):
+            with contextlib.suppress(BaseException):
+                stream.throw(exc)
+        raise
+    finally:
+        close = getattr(stream, "close", None)
+        if callable(close):
+            close()
 
 
 @dataclass
@@ -95,7 +120,7 @@ class Dispatch:
         options = {"streams": True} if streaming else {}
         folded: list[tuple[str, Any]] = []  # streamed replies folded in, to fold them again
         # closing(): a round that fails stops the dispatch at once and lets the transport clean up
-        with contextlib.closing(self.transport.dispatch(payload, nodes, **options)) as stream:
+        with interruptible(self.transport.dispatch(payload, nodes, **options)) as stream:
             for node, raw in stream:
                 try:
                     if isinstance(raw, NodeError):
@@ -125,7 +150,7 @@ class Dispatch:
                         raise NodeError(
                             node,
                             f"{failure_text(exc)} (round {index}; the global model is unchanged; "
-                            "use on_node_failure='skip' to continue without failing nodes)",
+                            f"{node_failure_advice(exc)})",
                         ) from None
                     failures[node] = failure_text(exc)
                     if streaming and fold.dirty:

@@ -17,15 +17,18 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
 from typing import Any
 
 from fedplug.errors import ConfigError, NodeError
 from fedplug.node import Node
+from fedplug.plan import interrupting
 
 
 def local_transport(
@@ -121,9 +124,16 @@ class LocalTransport:
         try:
             for name, future in futures:
                 yield name, future.result()
-        finally:
+        except GeneratorExit:  # stopped early (a failed round): the rest is not needed
             for _, future in futures:
                 future.cancel()
+            raise
+        except BaseException:  # interrupted (Ctrl-C): training in flight stops at its next batch
+            with interrupting():
+                for _, future in futures:
+                    future.cancel()
+                wait_futures([future for _, future in futures], timeout=INTERRUPT_WAIT_S)
+            raise
 
     def _dispatch_processes(
         self, payload: bytes, nodes: list[str]
@@ -167,12 +177,17 @@ class LocalTransport:
                         arrived[done] = reply
                         send_next(conn)
                 yield name, arrived.pop(name)
-        finally:
+        except GeneratorExit:
             # Stopped early (a failed round): leave no reply in a pipe for the next round to
             # read. Queued requests were never sent; in-flight ones are awaited and dropped.
             for conn in list(in_flight):
                 with contextlib.suppress(EOFError, OSError):
                     conn.recv_bytes()
+            raise
+        except BaseException:  # interrupted (Ctrl-C): no waiting for the workers' training
+            if in_flight:
+                self._stop_processes(at_once=True)
+            raise
 
     def _start_processes(self) -> None:
         ctx = mp.get_context("spawn")
@@ -212,15 +227,27 @@ class LocalTransport:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._stop_processes()
+
+    def _stop_processes(self, at_once: bool = False) -> None:
+        """Stop the worker processes: asked to finish (``at_once``: killed, their nodes'
+        sessions lost; the next dispatch starts new workers)."""
         for proc in self._procs:
-            with contextlib.suppress(OSError, ValueError):  # already gone
-                proc.conn.send_bytes(b"")
+            if at_once:
+                proc.process.kill()
+            else:
+                with contextlib.suppress(OSError, ValueError):  # already gone
+                    proc.conn.send_bytes(b"")
             proc.process.join(timeout=5)
             if proc.process.is_alive():
                 proc.process.kill()
+                proc.process.join(timeout=5)
             proc.conn.close()
         self._procs = []
 
+
+#: seconds an interrupted run waits for its node threads to reach their next batch
+INTERRUPT_WAIT_S = 10.0
 
 #: what numerical libraries size their thread pools by, read when they are imported
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -242,7 +269,10 @@ def _unframe(data: bytes) -> tuple[str, bytes]:
 
 
 def _worker_main(conn: Connection, nodes: list[Node]) -> None:
-    """A worker process: serve requests for its nodes until an empty frame or a closed pipe."""
+    """A worker process: serve requests for its nodes until an empty frame or a closed pipe.
+    Ctrl-C in a terminal reaches every process of the group: the researcher decides, so a
+    worker ignores it (an interrupted researcher kills its workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     by_name = {node.name: node for node in nodes}
     while True:
         try:
@@ -258,5 +288,5 @@ def _worker_main(conn: Connection, nodes: list[Node]) -> None:
 def _serve(node: Node, payload: bytes) -> bytes | BaseException:
     try:
         return b"".join(node.serve(payload))
-    except BaseException as exc:  # the node vanished (it never raises on bad input)
+    except Exception as exc:  # the node broke (it never raises on bad input); Ctrl-C goes up
         return exc

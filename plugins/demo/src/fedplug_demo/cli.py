@@ -80,6 +80,14 @@ def demo_command(demo: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
         action="store_true",
         help="with --flamby: accept the dataset's data terms (FLamby asks otherwise)",
     )
+    demo.add_argument(
+        "--track",
+        metavar="NAME",
+        action="append",
+        default=None,
+        help="log the experiment with an installed tracker (repeatable): tensorboard "
+        "(fedplug-tensorboard, under runs/), mlflow (fedplug-mlflow, MLflow's tracking store)",
+    )
     transports = sorted(current_plugin_manager().transports)
     demo.add_argument(
         "--transport",
@@ -108,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         algorithm=args.algorithm,
         secagg=args.secagg,
         transport=args.transport,
+        tracking=args.track,
     )
     return 0
 

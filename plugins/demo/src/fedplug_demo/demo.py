@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -162,6 +163,7 @@ def run_demo(
     algorithm: str = "fedavg",
     secagg: bool = False,
     transport: str = "local",
+    tracking: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the demo experiment; print the results table (or one JSON line); write results.json
     and learning_curve.png under ``out``. Returns the JSON summary.
@@ -169,7 +171,8 @@ def run_demo(
     With ``transport="grpc"`` each hospital is a ``fedplug node start`` process with its own
     config, SQLite registry and credential, connected over TLS on loopback (set up under
     ``out/grpc``); the processes are stopped at the end, also on Ctrl-C. Another registered
-    transport is given the in-process nodes."""
+    transport is given the in-process nodes. ``tracking``: the names of trackers to turn on
+    (``Experiment(tracking=...)``), e.g. ``["tensorboard"]``."""
     if plan not in PLANS:
         raise ConfigError(f"--plan must be one of {sorted(PLANS)}, got {plan!r}")
     if algorithm not in ALGORITHMS:
@@ -191,9 +194,19 @@ def run_demo(
         )
     with contextlib.ExitStack() as stack:
         if transport == "grpc":
-            federation: Any = stack.enter_context(grpc_federation(nodes, seed, Path(out) / "grpc"))
+            federation: Any = stack.enter_context(
+                grpc_federation(
+                    nodes, seed, Path(out) / "grpc", report_to=sys.stderr if progress else None
+                )
+            )
         else:
             federation = demo_nodes(nodes, seed, plugin_manager=pm)
+        if progress:
+            print(
+                f"preparing the experiment: {plan_name}, {algorithm}, {nodes} hospitals",
+                file=sys.stderr,
+                flush=True,
+            )
         exp = _demo_experiment(
             federation,
             plan_name,
@@ -207,38 +220,44 @@ def run_demo(
             secagg,
             progress and not as_json,
             transport,
+            tracking,
         )
         with exp:
             history = exp.run()
-    seconds = time.perf_counter() - start
-    rows = results_rows(history, "accuracy")
-    summary = {
-        "rounds": len(history),
-        "plan": plan_name,
-        "algorithm": algorithm,
-        "secagg": secagg,
-        "transport": transport,
-        "nodes": nodes,
-        "global_accuracy": history[-1]["validation_global"].get("accuracy"),
-        "per_node": {row[0]: row[3] for row in rows[:-1]},
-        "seconds": round(seconds, 3),
-    }
-    out = Path(out)
-    curve = write_outputs(
-        out, summary, exp, "accuracy", f"fedplug demo: {plan_name}, {algorithm}, {nodes} hospitals"
-    )
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        print()
-        print(format_table(["node", "train samples", "test samples", "accuracy", "loss"], rows))
-        print(f"\n{len(history)} rounds in {seconds:.2f} s; results in {out / 'results.json'}")
-        print(
-            f"learning curve: {curve}"
-            if curve
-            else "learning curve: pip install 'fedplug[plot]' for a PNG"
+        # results first: the node processes (if any) are stopped after, when the stack closes
+        seconds = time.perf_counter() - start
+        rows = results_rows(history, "accuracy")
+        summary = {
+            "rounds": len(history),
+            "plan": plan_name,
+            "algorithm": algorithm,
+            "secagg": secagg,
+            "transport": transport,
+            "nodes": nodes,
+            "global_accuracy": history[-1]["validation_global"].get("accuracy"),
+            "per_node": {row[0]: row[3] for row in rows[:-1]},
+            "seconds": round(seconds, 3),
+        }
+        out = Path(out)
+        curve = write_outputs(
+            out,
+            summary,
+            exp,
+            "accuracy",
+            f"fedplug demo: {plan_name}, {algorithm}, {nodes} hospitals",
         )
-    return summary
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            print()
+            print(format_table(["node", "train samples", "test samples", "accuracy", "loss"], rows))
+            print(f"\n{len(history)} rounds in {seconds:.2f} s; results in {out / 'results.json'}")
+            print(
+                f"learning curve: {curve}"
+                if curve
+                else "learning curve: pip install 'fedplug[plot]' for a PNG"
+            )
+        return summary
 
 
 def _demo_experiment(
@@ -254,6 +273,7 @@ def _demo_experiment(
     secagg: bool,
     progress: bool,
     transport: str = "local",
+    tracking: list[str] | None = None,
 ) -> Experiment:
     """The demo's experiment over ``federation``: in-process nodes (served by ``transport``), or
     with ``transport="grpc"`` the researcher's transport that the node processes joined."""
@@ -275,6 +295,7 @@ def _demo_experiment(
         plugin_manager=pm,
         agg_optimizer=_researcher_optimizer(recipe, pm),
         secagg=secagg,
+        tracking=tracking or None,
     )
 
 
@@ -287,21 +308,27 @@ def _researcher_optimizer(recipe: Algorithm, pm: FedplugPluginManager) -> Optimi
 
 @contextlib.contextmanager
 def grpc_federation(
-    n_nodes: int, seed: int, workdir: Path, wait_timeout: float = 120.0
+    n_nodes: int,
+    seed: int,
+    workdir: Path,
+    wait_timeout: float = 120.0,
+    report_to: TextIO | None = None,
 ) -> Iterator[Any]:
     """The demo's hospitals as a real deployment on loopback, under ``workdir``
     (:func:`fedplug_grpc.deploy.local_deployment`): TLS, one credential, ``node.toml``, SQLite
     registry and ``fedplug node start`` process per hospital, each holding its data in its own
     folder. Yields the researcher's transport once every node is connected; stops the node
-    processes on exit, also when interrupted."""
+    processes on exit, also when interrupted. ``report_to``: a stream told what is being done
+    meanwhile (certificates, node processes, "waiting for 3 nodes: 1 connected")."""
     try:
-        from fedplug_grpc.deploy import local_deployment
+        from fedplug_grpc.deploy import StartupReport, local_deployment
     except ImportError:
         raise ConfigError("--transport grpc needs fedplug-grpc: pip install fedplug-grpc") from None
 
     workdir = Path(workdir).absolute()
     specs = demo_node_specs(n_nodes, seed, workdir)
-    with local_deployment(workdir, specs, wait_timeout=wait_timeout) as deployment:
+    report = StartupReport(report_to) if report_to is not None else None
+    with local_deployment(workdir, specs, wait_timeout=wait_timeout, report=report) as deployment:
         yield deployment.transport
 
 

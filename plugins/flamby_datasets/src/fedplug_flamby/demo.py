@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ def run_flamby_demo(
             # refusal reads as in the local demo rather than in every node's log.
             center_datasets(dataset, 0, accept_license=accept_license)
             nodes = stack.enter_context(
-                flamby_federation(dataset, Path(out) / "grpc", accept_license=accept_license)
+                flamby_federation(
+                    dataset, Path(out) / "grpc", accept_license=accept_license, report_to=sys.stderr
+                )
             )
         exp = flamby_experiment(
             dataset,

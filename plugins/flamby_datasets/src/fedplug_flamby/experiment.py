@@ -99,13 +99,15 @@ def flamby_federation(
     *,
     accept_license: bool = False,
     wait_timeout: float = 180.0,
+    report_to: Any = None,
 ) -> Iterator[Any]:
     """The centers as a real deployment on loopback (:func:`fedplug_grpc.deploy.local_deployment`):
     one ``fedplug node start`` process per center (``center0``, ...), each with its
     ``node.toml``, SQLite registry holding its ``flamby`` dataset, and credential, connected
     over TLS. Yields the researcher's transport once every center is connected; stops the
-    processes on exit, also when interrupted."""
-    from fedplug_grpc.deploy import NodeSpec, local_deployment
+    processes on exit, also when interrupted. With ``report_to`` (a stream, e.g.
+    ``sys.stderr``), what it does while it starts is told there."""
+    from fedplug_grpc.deploy import NodeSpec, StartupReport, local_deployment
 
     module = dataset_module(dataset)
     centers = list(range(int(module.NUM_CLIENTS))) if centers is None else list(centers)
@@ -116,7 +118,10 @@ def flamby_federation(
         options = {"dataset": dataset, "center": center, "accept_license": accept_license}
         record = (f"{dataset}-center{center}", "flamby", [dataset], options)
         specs.append(NodeSpec(f"center{center}", [record]))
-    with local_deployment(Path(workdir).absolute(), specs, wait_timeout=wait_timeout) as deployment:
+    report = StartupReport(report_to) if report_to is not None else None
+    with local_deployment(
+        Path(workdir).absolute(), specs, wait_timeout=wait_timeout, report=report
+    ) as deployment:
         yield deployment.transport
 
 

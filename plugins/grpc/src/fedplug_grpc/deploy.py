@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,57 @@ class Deployment:
                 proc.wait()
 
 
+class StartupReport:
+    """What a local deployment does while it starts (certificates, node processes, nodes
+    joining), told on ``stream`` (default: stderr) so that the seconds before the first round
+    are not silent: one line per step; on a terminal the "waiting for nodes" line is rewritten
+    in place as nodes connect, elsewhere (a log) a line is added each time one does."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        try:
+            self.tty = bool(self.stream.isatty())
+        except (AttributeError, OSError, ValueError):  # no such method, or a closed stream
+            self.tty = False
+        self._open = False  # a line rewritten in place is on the screen, not yet ended
+
+    def step(self, text: str) -> None:
+        self.end()
+        self.stream.write(f"{text}\n")
+        self.stream.flush()
+
+    def waiting(self, connected: list[str], needed: int) -> None:
+        """``GrpcTransport.wait_for_nodes``'s ``on_change``."""
+        text = f"waiting for {_count(needed, 'node')}: {len(connected)} connected"
+        if connected:
+            text += f" ({', '.join(connected)})"
+        if not self.tty:
+            self.step(text)
+            return
+        self.stream.write(f"\r\x1b[K{text}")
+        self.stream.flush()
+        self._open = True
+
+    def end(self) -> None:
+        """End a line left open by :meth:`waiting`."""
+        if self._open:
+            self._open = False
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def make_certs(workdir: str | Path, names: list[str], node_auth: str = "token") -> Path:
     """``workdir/certs``, made anew: a CA, the researcher's certificate for localhost and
     127.0.0.1, and a credential per node name (``fedplug certs init`` / ``certs node``): a
@@ -200,16 +252,21 @@ def local_deployment(
     tls: bool = True,
     wait_tags: list[str] | None = None,
     wait_timeout: float = 120.0,
+    report: StartupReport | None = None,
     **transport_options: Any,
 ) -> Iterator[Deployment]:
     """Set up ``nodes`` under ``workdir`` (:func:`prepare_nodes`), start the researcher's server
     on a free loopback port and one process per node, and wait until every node with a dataset
     tagged ``wait_tags`` is connected (every node when None). Stops the processes and the server
     on exit, also on Ctrl-C or SIGTERM. ``transport_options`` go to :class:`GrpcTransport`;
-    with ``node_auth="certificate"`` each node gets a client certificate instead of a token."""
+    with ``node_auth="certificate"`` each node gets a client certificate instead of a token.
+    ``report`` (a :class:`StartupReport`) is told each step, and each node that connects."""
     certs_dir = None
     if tls:
         node_auth = transport_options.get("node_auth", "token")
+        if report is not None:
+            where = _shown(Path(workdir).absolute() / "certs")
+            report.step(f"creating TLS certificates and node credentials in {where}")
         certs_dir = make_certs(workdir, [spec.name for spec in nodes], node_auth)
     transport = GrpcTransport("127.0.0.1:0", tls=certs_dir, **transport_options)
     main = threading.current_thread() is threading.main_thread()
@@ -218,6 +275,10 @@ def local_deployment(
     try:
         deployment = prepare_nodes(workdir, nodes, f"localhost:{transport.port}", certs_dir)
         deployment.transport = transport
+        if report is not None:
+            logs = _shown(deployment.workdir / "NAME" / "node.log")
+            report.step(f"starting {_count(len(nodes), 'node process')} (their output: {logs})")
+        started = time.monotonic()
         deployment.start_all()
         expected = [
             spec.name
@@ -225,14 +286,27 @@ def local_deployment(
             if wait_tags is None or any(set(wait_tags) <= set(d[2]) for d in spec.datasets)
         ]
         try:
-            transport.wait_for_nodes(wait_tags or [], names=expected, timeout=wait_timeout)
+            transport.wait_for_nodes(
+                wait_tags or [],
+                names=expected,
+                timeout=wait_timeout,
+                on_change=report.waiting if report is not None else None,
+            )
         except ConfigError as exc:
             logs = "; ".join(f"{n}: {deployment.log(n, 3)!r}" for n in expected)
             raise ConfigError(f"{exc}. Node logs: {logs}") from None
+        finally:
+            if report is not None:
+                report.end()
+        if report is not None:
+            seconds = time.monotonic() - started
+            report.step(f"{_count(len(expected), 'node')} connected in {seconds:.1f} s")
         yield deployment
     finally:
         transport.close()
         if deployment is not None:
+            if report is not None and deployment.procs:
+                report.step(f"stopping {_count(len(deployment.procs), 'node process')}")
             deployment.stop()
         if main:
             signal.signal(signal.SIGTERM, previous)

@@ -7,6 +7,12 @@ stderr with code 2.
 
 ``--config`` defaults to ``$FEDPLUG_NODE_CONFIG``, else ``node.toml`` in the current directory.
 
+A running node loads its datasets once, when it starts. ``node start`` holds an advisory lock on
+``<database>.lock`` (beside the node's database, holding its process id) while it runs, so that
+``dataset add`` and ``dataset remove`` can tell the administrator that the running node needs a
+restart to see the change (:func:`running_node`). The kernel drops the lock when the process
+ends, however it ends, so a stale file means nothing.
+
 Loader options of ``dataset add`` (``--path data.csv``, ``--center 2``, ``--accept-license``) are
 not declared: they are whatever the dataset type's loader accepts. argparse parses a sub-command
 with its parser's ``parse_known_args`` and hands unrecognized arguments back to the top-level
@@ -18,12 +24,13 @@ loader's keyword arguments through :func:`parse_loader_args` and :func:`check_lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -285,6 +292,73 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lock_path(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
+
+
+@contextlib.contextmanager
+def _running_lock(database: Path) -> Iterator[None]:
+    """Hold ``<database>.lock`` while a node serves ``database`` (a no-op where advisory locks
+    are not available, or the folder is read-only)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    try:
+        handle = _lock_path(database).open("a+")
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another node serves this database: it keeps the lock
+            yield
+            return
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield  # the lock goes with the file's closing, or with the process
+
+
+def running_node(database: Path) -> int | None:
+    """The process id of the ``fedplug node start`` serving ``database``, if one runs
+    (0 when it runs but its id cannot be read); None when none does."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        handle = _lock_path(database).open("r")
+    except OSError:  # no lock file: no node was ever started on this database
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else 0
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
+
+def _restart_notice(args: argparse.Namespace, store: NodeStore, change: str) -> None:
+    """Tell the administrator that a running node sees ``change`` only once restarted."""
+    pid = running_node(store.path)
+    if pid is None:
+        return
+    who = f"the node running on this database (pid {pid})" if pid else "a running node"
+    print(
+        f"warning: {who} loaded its datasets when it started: {change} once it is restarted. "
+        f"Stop it (Ctrl-C or SIGTERM), then run `fedplug node start --config "
+        f"{_config_path(args)}` again",
+        file=sys.stderr,
+    )
+
+
 @_reporting
 def _cmd_start(args: argparse.Namespace) -> int:
     from fedplug_grpc.nodeconfig import load_node_config
@@ -297,7 +371,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
             f"`fedplug node start` needs fedplug's gRPC transport, which cannot be imported "
             f"({exc}); install fedplug with its gRPC dependencies (grpcio)"
         ) from None
-    return serve_node(config)
+    with _running_lock(config.database):
+        return serve_node(config)
 
 
 @_reporting
@@ -317,11 +392,13 @@ def _cmd_dataset_add(args: argparse.Namespace) -> int:
             f"it first with `fedplug node dataset remove {name}`"
         )
     if not args.no_check:
-        dataset = store.load_dataset(DatasetRecord(name, args.type, tags, options, ""), pm)
+        record = DatasetRecord(name, args.type, tags, options, "")
+        dataset = store.load_dataset(record, pm, stored=False)
         test = f", test split: {len(dataset.test)} samples" if dataset.test is not None else ""
         print(f"loaded {name!r}: {len(dataset)} samples{test}")
     store.add_dataset(name, args.type, tags, options)
     print(f"added dataset {name!r} (type {args.type}, tags {', '.join(tags)}) to {store.path}")
+    _restart_notice(args, store, f"it will serve {name!r} only")
     return 0
 
 
@@ -351,8 +428,10 @@ def _cmd_dataset_list(args: argparse.Namespace) -> int:
 
 @_reporting
 def _cmd_dataset_remove(args: argparse.Namespace) -> int:
-    _store(args).remove_dataset(args.name)
+    store = _store(args)
+    store.remove_dataset(args.name)
     print(f"removed dataset {args.name!r}")
+    _restart_notice(args, store, f"it stops serving {args.name!r} only")
     return 0
 
 

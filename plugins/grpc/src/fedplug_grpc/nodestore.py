@@ -236,8 +236,11 @@ class NodeStore:
                     f"{', '.join(names) or 'none'}); `fedplug node dataset list` shows them"
                 )
 
-    def load_dataset(self, record: DatasetRecord, pm: FedplugPluginManager) -> Dataset:
-        """Load ``record`` with its type's loader from ``pm``; any failure is a ConfigError."""
+    def load_dataset(
+        self, record: DatasetRecord, pm: FedplugPluginManager, stored: bool = True
+    ) -> Dataset:
+        """Load ``record`` with its type's loader from ``pm``; any failure is a ConfigError
+        (``stored``: whether the record is in the registry, which its advice depends on)."""
         try:
             loader = pm.dataset_types[record.type]
             dataset = loader(**record.options, tags=list(record.tags), name=record.name)
@@ -247,9 +250,15 @@ class NodeStore:
                 )
         except Exception as exc:
             detail = str(exc) if isinstance(exc, FedplugError) else describe(exc)
+            advice = (
+                f"fix it, or remove it with `fedplug node dataset remove {record.name}` and add it "
+                "again"
+                if stored
+                else "nothing was added: fix it and run the command again"
+            )
             raise ConfigError(
-                f"dataset {record.name!r} (type {record.type}) could not be loaded: {detail}; fix "
-                f"it, or remove it with `fedplug node dataset remove {record.name}` and add it again"
+                f"dataset {record.name!r} (type {record.type}) could not be loaded: {detail}; "
+                f"{advice}"
             ) from exc
         return dataset
 

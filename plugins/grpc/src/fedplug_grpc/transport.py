@@ -57,7 +57,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -905,35 +905,48 @@ class GrpcTransport:
         count: int | None = None,
         names: Iterable[str] | None = None,
         timeout: float = 120.0,
+        on_change: Callable[[list[str], int], None] | None = None,
     ) -> list[str]:
         """Block until ``count`` nodes (or all of ``names``) with a dataset carrying ``tags``
         are connected; return their names. A :class:`ConfigError` after ``timeout`` seconds
-        lists the connected nodes with their tags and the refused attempts."""
+        lists the connected nodes with their tags and the refused attempts.
+
+        ``on_change(connected, needed)`` is called (outside the transport's lock) at once and
+        whenever the nodes that count change: ``connected`` are their names, ``needed`` how
+        many are awaited (e.g. to print "waiting for 3 nodes: 1 connected")."""
         wanted = set(names or ())
         count = count if count is not None else max(len(wanted), 1)
+        needed = len(wanted) if wanted else count
         deadline = time.monotonic() + timeout
-        with self._cv:
-            while True:
+        reported: list[str] | None = None
+        while True:
+            with self._cv:
                 matching = [
                     name
                     for name, conn in sorted(self._conns.items())
                     if any(set(tags) <= set(t) for t in conn.tags)
                 ]
                 ready = wanted <= set(matching) if wanted else len(matching) >= count
-                if ready:
-                    return sorted(wanted) if wanted else matching
+                counted = [name for name in matching if name in wanted] if wanted else matching
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cv.wait(min(left, 1.0))
+                if counted == reported or on_change is None:
+                    if ready:
+                        return sorted(wanted) if wanted else matching
+                    if left <= 0:
+                        break
+                    self._cv.wait(min(left, 1.0))
+                    continue
+            reported = counted
+            on_change(counted, needed)  # then look again: the answer may have changed meanwhile
+        with self._cv:
             listing = {name: conn.tags for name, conn in sorted(self._conns.items())} or "none"
-            need = f"nodes {sorted(wanted)}" if wanted else f"{count} node(s)"
             refused = f"; refused connections: {self.refused}" if self.refused else ""
-            raise ConfigError(
-                f"waited {timeout:g} s for {need} with a dataset tagged {tags} on "
-                f"{self.address} (port {self.port}); connected nodes and their dataset tags: "
-                f"{listing}{refused}"
-            )
+        need = f"nodes {sorted(wanted)}" if wanted else f"{count} node(s)"
+        raise ConfigError(
+            f"waited {timeout:g} s for {need} with a dataset tagged {tags} on "
+            f"{self.address} (port {self.port}); connected nodes and their dataset tags: "
+            f"{listing}{refused}"
+        )
 
     streams_replies = True  # dispatch(..., streams=True) yields ReplyStreams
 
@@ -1525,12 +1538,23 @@ def grpc_transport(
     if isinstance(tls, list):  # as a checkpoint stores a (cert, key) pair
         tls = tuple(tls)
     transport = GrpcTransport(server, tls=tls, **options)
+
+    def joined(connected: list[str], needed: int) -> None:
+        log.info(
+            "waiting on %s for %d node(s) with a dataset tagged %s: %d connected %s",
+            transport.address,
+            needed,
+            tags,
+            len(connected),
+            connected,
+        )
+
     try:
         if isinstance(wait_nodes, (list, tuple)):
-            transport.wait_for_nodes(tags, names=wait_nodes, timeout=wait_timeout)
+            transport.wait_for_nodes(tags, names=wait_nodes, timeout=wait_timeout, on_change=joined)
         else:
             count = wait_nodes if wait_nodes is not None else min_nodes
-            transport.wait_for_nodes(tags, count=count, timeout=wait_timeout)
+            transport.wait_for_nodes(tags, count=count, timeout=wait_timeout, on_change=joined)
     except BaseException:
         transport.close()
         raise

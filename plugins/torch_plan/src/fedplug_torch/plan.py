@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ from torch import nn
 from fedplug.datasets import Dataset
 from fedplug.errors import ConfigError, PlanError
 from fedplug.optimizer import Optimizer
-from fedplug.plan import Params, TrainingArgs, TrainingPlan, TrainResult
+from fedplug.plan import Params, TrainingArgs, TrainingPlan, TrainResult, check_interrupt
 
 
 class TorchAdapter:
@@ -46,16 +45,34 @@ class TorchAdapter:
 
 
 def resolve_device(asked: str) -> torch.device:
-    """``cuda`` when it is asked for (or ``auto``) and available, else ``cpu``."""
+    """The torch device of the ``device`` training argument on this node.
+
+    - ``"cpu"``: the CPU;
+    - ``"cuda"`` or ``"cuda:N"``: that GPU, and a :class:`~fedplug.errors.ConfigError` when this
+      node has none (or no GPU ``N``): a GPU asked for is never silently replaced by the CPU;
+    - ``"auto"``: the fallback, asked for explicitly: the default GPU where the node has one,
+      else the CPU.
+    """
     if asked == "cpu":
         return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda" if asked == "auto" else asked)
-    if asked != "auto":
-        warnings.warn(
-            f"device {asked!r} was asked for but CUDA is not available; using cpu", stacklevel=2
+    if asked == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"training argument device={asked!r} asks for a GPU, but this node has none that "
+            f"torch {torch.__version__} can use (torch.cuda.is_available() is False: no NVIDIA "
+            "GPU or driver, or a CPU-only build of torch); use device='auto' to train on a GPU "
+            "where a node has one and on its CPU elsewhere, or device='cpu'"
         )
-    return torch.device("cpu")
+    index = torch.device(asked).index
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise ConfigError(
+            f"training argument device={asked!r} asks for GPU {index}, but this node has "
+            f"{count} (cuda:0 to cuda:{count - 1}); use device='cuda' for its default GPU, or "
+            "device='auto' to fall back to the CPU where a node has no GPU"
+        )
+    return torch.device(asked)
 
 
 class TorchTrainingPlan(TrainingPlan):
@@ -193,6 +210,7 @@ class TorchTrainingPlan(TrainingPlan):
             done = 0
             while done < steps:
                 for batch in data:
+                    check_interrupt()
                     xb, yb = batch[0], batch[1]
                     yield _to(xb, self.device), _to(yb, self.device)
                     done += 1
@@ -208,6 +226,7 @@ class TorchTrainingPlan(TrainingPlan):
             if self.device.type != "cpu":
                 order = order.to(self.device)
             for start in range(0, n, args.batch_size):
+                check_interrupt()
                 index = order[start : start + args.batch_size]
                 yield x[index], y[index]
                 done += 1
