@@ -144,28 +144,37 @@ def test_the_stream_without_failures_gives_the_whole_reply_sum(streamed):
             assert np.array_equal(exp.global_params[name], value), name
 
 
-class HangUp:
-    """A raw client named "hangup": answers its task with a reply whose first half it sends
-    when granted, then ends its stream."""
+class RawClient:
+    """A raw client speaking the frame protocol by hand, named ``name``: says HELLO, answers
+    each task with :meth:`reply` (READY), and on GRANT calls :meth:`granted_reply`."""
 
-    def __init__(self, cluster, on_grant=lambda: None) -> None:
-        self.cluster, self.outbox, self.on_grant = cluster, queue.SimpleQueue(), on_grant
-        self.granted = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True, name="test-hangup")
+    name = "raw"
+
+    def __init__(self, cluster) -> None:
+        self.cluster, self.outbox = cluster, queue.SimpleQueue()
+        self.stop, self.granted = threading.Event(), threading.Event()
+        self.reply, self.task = b"", 0
+        self.thread = threading.Thread(target=self.run, daemon=True, name=f"test-{self.name}")
         self.thread.start()
 
     def requests(self):
-        hello = {"name": "hangup", "tags": [TAGS], "wire": msg.VERSION}
+        hello = {"name": self.name, "tags": [TAGS], "wire": msg.VERSION}
         yield transport_module.control(transport_module.HELLO, hello)
         while (frame := self.outbox.get()) is not None:
             yield frame
+
+    def reply_to(self, request: bytes) -> bytes:
+        raise NotImplementedError
+
+    def granted_reply(self, task: int) -> None:
+        raise NotImplementedError
 
     def run(self) -> None:
         credentials = grpc.ssl_channel_credentials(root_certificates=self.cluster.ca)
         with grpc.secure_channel(self.cluster.address, credentials) as channel:
             call = channel.stream_stream(transport_module.METHOD)(
                 self.requests(),
-                metadata=(("authorization", f"Bearer {self.cluster.token('hangup')}"),),
+                metadata=(("authorization", f"Bearer {self.cluster.token(self.name)}"),),
                 timeout=120,
             )
             receiver = None
@@ -178,23 +187,44 @@ class HangUp:
                         )
                         receiver = transport_module.Receiver(body["task"], body["size"])
                     elif kind == transport_module.DATA and receiver.add(frame):
-                        reply = msg.encode(reply_to(bytes(receiver.message()), "hangup", 3.0))
-                        self.reply, self.task = reply, receiver.task
-                        ready = {"task": receiver.task, "size": len(reply)}
+                        self.reply, self.task = (
+                            self.reply_to(bytes(receiver.message())),
+                            receiver.task,
+                        )
+                        ready = {"task": receiver.task, "size": len(self.reply)}
                         self.outbox.put(transport_module.control(transport_module.READY, ready))
                     elif kind == transport_module.GRANT:
                         self.granted.set()
-                        self.on_grant()
-                        half = self.reply[: len(self.reply) // 2]
-                        for piece in transport_module.data_frames(self.task, [half], CHUNK):
-                            self.outbox.put(piece)
-                        self.outbox.put(None)  # ends this side: the researcher sees it close
+                        body = transport_module.parse_control(frame, kind, {"task": int})
+                        self.granted_reply(body["task"])
             except grpc.RpcError:
                 pass
 
     def close(self) -> None:
+        self.stop.set()
         self.outbox.put(None)
         self.thread.join(30)
+
+
+class HangUp(RawClient):
+    """A raw client named "hangup": answers its task with a reply whose first half it sends
+    when granted, then ends its stream."""
+
+    name = "hangup"
+
+    def __init__(self, cluster, on_grant=lambda: None) -> None:
+        self.on_grant = on_grant
+        super().__init__(cluster)
+
+    def reply_to(self, request: bytes) -> bytes:
+        return msg.encode(reply_to(request, self.name, 3.0))
+
+    def granted_reply(self, task: int) -> None:
+        self.on_grant()
+        half = self.reply[: len(self.reply) // 2]
+        for piece in transport_module.data_frames(task, [half], CHUNK):
+            self.outbox.put(piece)
+        self.outbox.put(None)  # ends this side: the researcher sees it close
 
 
 def test_a_node_that_hangs_up_halfway_through_its_reply_is_folded_out_exactly(streamed, caplog):
@@ -244,27 +274,27 @@ def test_a_node_gone_before_its_reply_is_folded_again_fails_too(streamed):
         assert np.array_equal(exp.global_params[name], value), name
 
 
-class Staller:
+class Staller(RawClient):
     """A raw client named "staller" that keeps its connection alive (a heartbeat a second) but,
     once its reply is granted, sends ``sent`` of it (a fraction) at ``frames_per_s``, then
     nothing more: what a broken or hostile node does to hold a round."""
 
-    def __init__(self, cluster, sent: float, frames_per_s: float = 1000.0) -> None:
-        self.cluster, self.sent, self.delay = cluster, sent, 1.0 / frames_per_s
-        self.outbox, self.stop = queue.SimpleQueue(), threading.Event()
-        self.granted = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True, name="test-staller")
-        self.thread.start()
+    name = "staller"
 
-    def requests(self):
-        hello = {"name": "staller", "tags": [TAGS], "wire": msg.VERSION}
-        yield transport_module.control(transport_module.HELLO, hello)
-        while (frame := self.outbox.get()) is not None:
-            yield frame
+    def __init__(self, cluster, sent: float, frames_per_s: float = 1000.0) -> None:
+        self.sent, self.delay = sent, 1.0 / frames_per_s
+        super().__init__(cluster)
+        threading.Thread(target=self.heartbeats, daemon=True).start()
 
     def heartbeats(self) -> None:
         while not self.stop.wait(1.0):
             self.outbox.put(transport_module.control(transport_module.HEARTBEAT, {"busy": ""}))
+
+    def reply_to(self, request: bytes) -> bytes:
+        return msg.encode(reply_to(request, self.name, 3))
+
+    def granted_reply(self, task: int) -> None:
+        threading.Thread(target=self.send, args=(task, self.reply), daemon=True).start()
 
     def send(self, task: int, reply: bytes) -> None:
         part = reply[: int(len(reply) * self.sent)]
@@ -272,42 +302,6 @@ class Staller:
             if self.stop.wait(self.delay):
                 return
             self.outbox.put(piece)
-
-    def run(self) -> None:
-        threading.Thread(target=self.heartbeats, daemon=True).start()
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.cluster.ca)
-        with grpc.secure_channel(self.cluster.address, credentials) as channel:
-            call = channel.stream_stream(transport_module.METHOD)(
-                self.requests(),
-                metadata=(("authorization", f"Bearer {self.cluster.token('staller')}"),),
-                timeout=120,
-            )
-            receiver = None
-            try:
-                for frame in call:
-                    kind = frame[0]
-                    if kind == transport_module.TASK:
-                        body = transport_module.parse_control(
-                            frame, kind, {"task": int, "size": int}
-                        )
-                        receiver = transport_module.Receiver(body["task"], body["size"])
-                    elif kind == transport_module.DATA and receiver.add(frame):
-                        self.reply = msg.encode(reply_to(bytes(receiver.message()), "staller", 3))
-                        ready = {"task": receiver.task, "size": len(self.reply)}
-                        self.outbox.put(transport_module.control(transport_module.READY, ready))
-                    elif kind == transport_module.GRANT:
-                        self.granted.set()
-                        task = transport_module.parse_control(frame, kind, {"task": int})["task"]
-                        threading.Thread(
-                            target=self.send, args=(task, self.reply), daemon=True
-                        ).start()
-            except grpc.RpcError:
-                pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.outbox.put(None)
-        self.thread.join(30)
 
 
 @pytest.mark.parametrize(

@@ -55,9 +55,11 @@ def history_of(client: MlflowClient, run_id: str, name: str) -> list[tuple[int, 
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
 
 
-def test_a_run_holds_the_settings_every_round_and_the_final_model(make_experiment, store, tmp_path):
+def test_a_run_holds_the_settings_every_round_and_the_final_model(
+    make_tracked_experiment, store, tmp_path
+):
     tracking = {"mlflow": {"tracking_uri": store, "experiment_name": "tcga"}}
-    with make_experiment(tracking) as exp:
+    with make_tracked_experiment(tracking) as exp:
         history = exp.run()
         final = {name: value.copy() for name, value in exp.global_params.items()}
     client, run = the_run(store, exp.id, "tcga")
@@ -110,14 +112,14 @@ def test_a_run_holds_the_settings_every_round_and_the_final_model(make_experimen
 
 
 def test_the_defaults_are_mlflows_store_experiment_fedplug_and_the_experiment_id(
-    make_experiment, store, monkeypatch
+    make_tracked_experiment, store, monkeypatch
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    with make_experiment("mlflow", round_limit=1) as exp:
+    with make_tracked_experiment("mlflow", round_limit=1) as exp:
         exp.run()
     _, run = the_run(store, exp.id)  # experiment "fedplug"
     assert run.info.run_name == exp.id and run.info.status == "FINISHED"
-    with make_experiment(
+    with make_tracked_experiment(
         {"mlflow": {"run_name": "baseline", "tags": {"site": "lyon"}}}, round_limit=1
     ) as exp:
         exp.run()
@@ -126,13 +128,13 @@ def test_the_defaults_are_mlflows_store_experiment_fedplug_and_the_experiment_id
 
 
 def test_a_file_store_is_written_and_read_back_when_mlflow_allows_it(
-    make_experiment, tmp_path, monkeypatch
+    make_tracked_experiment, tmp_path, monkeypatch
 ):
     uri = (tmp_path / "mlruns").as_uri()  # file:///.../mlruns
     with pytest.raises(ConfigError, match=r"tracker 'mlflow': .*MLFLOW_ALLOW_FILE_STORE"):
-        make_experiment({"mlflow": {"tracking_uri": uri}})
+        make_tracked_experiment({"mlflow": {"tracking_uri": uri}})
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    with make_experiment({"mlflow": {"tracking_uri": uri}}, round_limit=2) as exp:
+    with make_tracked_experiment({"mlflow": {"tracking_uri": uri}}, round_limit=2) as exp:
         history = exp.run()
     client, run = the_run(uri, exp.id)
     assert run.info.status == "FINISHED"
@@ -146,9 +148,11 @@ def test_a_file_store_is_written_and_read_back_when_mlflow_allows_it(
     ("stop", "status"),
     [(RuntimeError("power cut"), "FAILED"), (KeyboardInterrupt(), "KILLED"), (None, "KILLED")],
 )
-def test_a_run_stopped_before_its_end_is_failed_or_killed(make_experiment, store, stop, status):
+def test_a_run_stopped_before_its_end_is_failed_or_killed(
+    make_tracked_experiment, store, stop, status
+):
     expected = pytest.raises(type(stop)) if stop is not None else contextlib.nullcontext()
-    with expected, make_experiment({"mlflow": {"tracking_uri": store}}) as exp:
+    with expected, make_tracked_experiment({"mlflow": {"tracking_uri": store}}) as exp:
         exp.run_once()
         if stop is not None:
             raise stop
@@ -160,8 +164,8 @@ def test_a_run_stopped_before_its_end_is_failed_or_killed(make_experiment, store
     assert client.list_artifacts(run.info.run_id) == []  # no final model
 
 
-def test_an_experiment_never_closed_leaves_its_run_killed(make_experiment, store):
-    exp = make_experiment({"mlflow": {"tracking_uri": store}})
+def test_an_experiment_never_closed_leaves_its_run_killed(make_tracked_experiment, store):
+    exp = make_tracked_experiment({"mlflow": {"tracking_uri": store}})
     exp.run_once()
     experiment_id = exp.id
     del exp
@@ -170,8 +174,8 @@ def test_an_experiment_never_closed_leaves_its_run_killed(make_experiment, store
     assert run.info.status == "KILLED"
 
 
-def test_running_on_after_a_finished_run_reopens_it(make_experiment, store):
-    with make_experiment({"mlflow": {"tracking_uri": store}}) as exp:
+def test_running_on_after_a_finished_run_reopens_it(make_tracked_experiment, store):
+    with make_tracked_experiment({"mlflow": {"tracking_uri": store}}) as exp:
         exp.run(2)
         assert the_run(store, exp.id)[1].info.status == "FINISHED"
         exp.run(1)
@@ -180,15 +184,17 @@ def test_running_on_after_a_finished_run_reopens_it(make_experiment, store):
     assert [step for step, _ in history_of(client, run.info.run_id, "train/loss")] == [0, 1, 2]
 
 
-def test_an_unusable_store_experiment_or_option_is_refused_before_any_round(make_experiment, store):
+def test_an_unusable_store_experiment_or_option_is_refused_before_any_round(
+    make_tracked_experiment, store
+):
     with pytest.raises(ConfigError, match=r"tracker 'mlflow': cannot start a run .*'bogus://x'"):
-        make_experiment({"mlflow": {"tracking_uri": "bogus://x"}})
+        make_tracked_experiment({"mlflow": {"tracking_uri": "bogus://x"}})
     client = MlflowClient(store)
     client.delete_experiment(client.create_experiment("gone"))
     with pytest.raises(ConfigError, match=r"experiment 'gone' is deleted .*restore it"):
-        make_experiment({"mlflow": {"tracking_uri": store, "experiment_name": "gone"}})
+        make_tracked_experiment({"mlflow": {"tracking_uri": store, "experiment_name": "gone"}})
     with pytest.raises(ConfigError, match=r"tracker 'mlflow': .*experiment"):
-        make_experiment({"mlflow": {"experiment": "tcga"}})
+        make_tracked_experiment({"mlflow": {"experiment": "tcga"}})
 
 
 def test_node_and_metric_names_become_valid_mlflow_names(store):

@@ -32,9 +32,9 @@ def text(events: EventAccumulator, tag: str) -> str:
     return event.tensor_proto.string_val[0].decode()
 
 
-def test_every_round_and_the_final_model_are_read_back(make_experiment, tmp_path):
+def test_every_round_and_the_final_model_are_read_back(make_tracked_experiment, tmp_path):
     log_dir = tmp_path / "tb"
-    with make_experiment({"tensorboard": {"log_dir": str(log_dir)}}) as exp:
+    with make_tracked_experiment({"tensorboard": {"log_dir": str(log_dir)}}) as exp:
         history = exp.run()
         final = {name: value.copy() for name, value in exp.global_params.items()}
     events = read(log_dir)
@@ -88,10 +88,10 @@ def test_every_round_and_the_final_model_are_read_back(make_experiment, tmp_path
 
 
 def test_the_default_log_dir_is_runs_slash_the_experiment_id(
-    make_experiment, tmp_path, monkeypatch
+    make_tracked_experiment, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    with make_experiment("tensorboard", round_limit=1) as exp:
+    with make_tracked_experiment("tensorboard", round_limit=1) as exp:
         exp.run()
     log_dir = tmp_path / "runs" / exp.id
     assert [p.name for p in log_dir.glob("events.out.tfevents.*")] != []
@@ -101,8 +101,8 @@ def test_the_default_log_dir_is_runs_slash_the_experiment_id(
     ]
 
 
-def test_a_round_without_validation_has_no_validation_scalars(make_experiment, tmp_path):
-    with make_experiment({"tensorboard": {"log_dir": str(tmp_path)}}, validate=2) as exp:
+def test_a_round_without_validation_has_no_validation_scalars(make_tracked_experiment, tmp_path):
+    with make_tracked_experiment({"tensorboard": {"log_dir": str(tmp_path)}}, validate=2) as exp:
         exp.run()
     events = read(tmp_path)
     assert [step for step, _ in scalars(events, "validation/accuracy/global")] == [1, 2]
@@ -110,12 +110,12 @@ def test_a_round_without_validation_has_no_validation_scalars(make_experiment, t
     assert [step for step, _ in scalars(events, "train/loss")] == [0, 1, 2]
 
 
-def test_an_unusable_log_dir_is_refused_before_any_round(make_experiment, tmp_path):
+def test_an_unusable_log_dir_is_refused_before_any_round(make_tracked_experiment, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ConfigError, match=r"tracker 'tensorboard': cannot create log_dir"):
-        make_experiment({"tensorboard": {"log_dir": str(tmp_path / "file" / "tb")}})
+        make_tracked_experiment({"tensorboard": {"log_dir": str(tmp_path / "file" / "tb")}})
     with pytest.raises(ConfigError, match=r"tracker 'tensorboard': .*log_directory"):
-        make_experiment({"tensorboard": {"log_directory": str(tmp_path)}})
+        make_tracked_experiment({"tensorboard": {"log_directory": str(tmp_path)}})
 
 
 def test_a_node_named_global_does_not_hide_the_global_metrics():
