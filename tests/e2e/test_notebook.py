@@ -97,3 +97,20 @@ print("accuracy", exp.history[-1]["validation_global"]["accuracy"])
     printed = text_of(outputs[2])
     assert "source ships both classes: True True" in printed, printed
     assert float(re.search(r"accuracy ([0-9.]+)", printed).group(1)) > 0.8, printed
+
+
+@pytest.mark.slow
+def test_the_tracking_guide_reads_back_a_notebook_experiment(tmp_path):
+    """The README's example with MLflow tracking turned on, then docs/tracking.md's read-back
+    snippet in the next cell, as a researcher checks their run."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "Experiment(" in b and "run()" in b)
+    assert example.count("round_limit=5,") == 1
+    example = example.replace("round_limit=5,", 'round_limit=5, tracking="mlflow",')
+    guide = (README.parent / "docs" / "tracking.md").read_text()
+    read_back = next(
+        b for b in re.findall(r"```python\n(.*?)```", guide, flags=re.S) if "MlflowClient" in b
+    )
+    check = "print(run.info.status, len(losses), sorted(p.name for p in Path('.').glob('*.npz')))"
+    outputs = run_notebook([example, read_back, "from pathlib import Path\n" + check], tmp_path)
+    assert text_of(outputs[2]).split() == ["FINISHED", "5", "['model.npz']"], outputs[2]
