@@ -46,6 +46,9 @@ def test_the_readme_example_runs_in_a_notebook_and_shows_its_results(tmp_path):
     printed = text_of(outputs[0])
     accuracy = float(re.search(r"'accuracy': ([0-9.]+)", printed).group(1))
     assert accuracy > 0.9, printed
+    # the rounds' progress shows in the notebook by default (a bar Jupyter redraws in place)
+    progress = "".join(o["text"] for o in outputs[0] if o.get("name") == "stderr")
+    assert "\rrounds 5/5 |" in progress and "acc " in progress, progress
     [table] = [o for o in outputs[1] if o.get("output_type") == "execute_result"]
     html = table["data"]["text/html"]
     assert html.startswith("<table>") and html.count("<tr>") == 6  # header and 5 rounds
