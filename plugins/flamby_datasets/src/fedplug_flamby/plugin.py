@@ -1,5 +1,5 @@
-"""fedplug-flamby's plugin module (entry point ``flamby``): FLamby plans and the ``flamby``
-dataset type.
+"""fedplug-flamby's plugin module (entry point ``flamby``): FLamby plans, the ``flamby``
+dataset type and FLamby's FedAdam/FedYogi server steps as optimizer modules.
 
 Importing this module is cheap: FLamby and torch are imported when a plan or dataset is used.
 """
@@ -28,6 +28,13 @@ def fedplug_register_dataset_types(register: Register) -> None:
     from fedplug_flamby.datasets import load_flamby
 
     register("flamby", load_flamby)
+
+
+@hookimpl
+def fedplug_register_optimizer_modules(register: Register) -> None:
+    # import paths: declearn is imported when the module is first used
+    register("flamby-adam", "fedplug_flamby.fedopt:FlambyAdamModule")
+    register("flamby-yogi", "fedplug_flamby.fedopt:FlambyYogiModule")
 
 
 @hookimpl
