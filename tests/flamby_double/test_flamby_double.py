@@ -1,6 +1,7 @@
 """The FLamby test double keeps FLamby's contract: data, constants, model, loss, metric, licence."""
 
 import csv
+import inspect
 import io
 import itertools
 import os
@@ -151,6 +152,138 @@ def test_cox_loss_matches_its_definition_with_tied_times():
     assert BaselineLoss()(torch.randn(2, 1), censored).item() == 0.0
 
 
+def _flamby_loop_float64(scores, truth):
+    """FLamby's loss loop written out in numpy float64, with its gradient by hand.
+
+    Rows sorted by decreasing time with Python's stable ``sorted``; record 0 of the sorted batch
+    contributes 0, record ``i >= 1`` contributes ``E_i * (m + log(sum_k exp(aux_k - m)))`` with
+    ``aux = s[:i + 1] - s[i]`` and ``m = max(aux)``; the loss is the mean over all records. Its
+    derivative in ``s_k`` is ``sum over events i >= max(k, 1) of (softmax_i(s[:i + 1])_k - [k ==
+    i]) / n``. Returns (loss, gradient in the batch's order as ``(n, 1)``).
+    """
+    s_in = np.asarray(scores, dtype=np.float64).reshape(-1)
+    truth = np.asarray(truth, dtype=np.float64)
+    n = len(s_in)
+    order = sorted(range(n), key=lambda r: -truth[r, 1])
+    s, e = s_in[order], truth[order, 0]
+    total, grad_sorted = 0.0, np.zeros(n)
+    for i in range(1, n):
+        aux = s[: i + 1] - s[i]
+        m = aux.max()
+        total += e[i] * (m + np.log(np.exp(aux - m).sum()))
+        weights = np.exp(aux - m) / np.exp(aux - m).sum()
+        weights[i] -= 1.0
+        grad_sorted[: i + 1] += e[i] * weights / n
+    grad = np.zeros(n)
+    grad[order] = grad_sorted
+    return total / n, grad.reshape(n, 1)
+
+
+def _structural_zeros(truth):
+    """Where FLamby's loop gives an exact zero gradient: record at sorted position ``k`` enters
+    only the terms ``i >= max(k, 1)``, so with no event there its gradient is exactly 0."""
+    truth = np.asarray(truth, dtype=np.float64)
+    n = len(truth)
+    order = sorted(range(n), key=lambda r: -truth[r, 1])
+    events = truth[order, 0]
+    zero_sorted = np.array([not events[max(k, 1) :].any() for k in range(n)])
+    zero = np.zeros(n, dtype=bool)
+    zero[order] = zero_sorted
+    return zero.reshape(n, 1)
+
+
+def test_cox_loss_equals_flamby_loop_in_float64_values_and_gradients():
+    generator = torch.Generator().manual_seed(1)
+    for n in (1, 2, 3, 8, 8, 8, 8, 25, 60):
+        scores = (3 * torch.randn(n, 1, generator=generator, dtype=torch.float64)).requires_grad_()
+        events = torch.randint(0, 2, (n,), generator=generator).double()
+        times = torch.randint(0, 5, (n,), generator=generator).double()  # many tied times
+        truth = torch.stack([events, times], dim=1)
+        loss = BaselineLoss()(scores, truth)
+        (grad,) = torch.autograd.grad(loss, scores)
+        expected_loss, expected_grad = _flamby_loop_float64(scores.detach(), truth)
+        assert loss.shape == () and loss.dtype == torch.float64
+        assert abs(loss.item() - expected_loss) <= 1e-12
+        assert np.abs(grad.numpy() - expected_grad).max() <= 1e-12
+        zero = _structural_zeros(truth)
+        assert (grad.numpy()[zero] == 0.0).all()  # exact zeros, not 1e-17
+        assert (grad.numpy()[~zero] != 0.0).all()
+
+
+def test_cox_loss_gradient_is_exactly_zero_where_flamby_loop_gives_zero():
+    """A logcumsumexp form leaves ~1e-8 gradients in these cases; Adam turns them into steps."""
+    generator = torch.Generator().manual_seed(2)
+    # (E, T) rows; sorted by decreasing T: the only event has the longest time, so every term
+    # of the loss is record 0's (no gradient) or multiplied by E = 0.
+    only_first = torch.tensor([[0, 5], [1, 40], [0, 12], [0, 3], [0, 40], [0, 7], [0, 1], [0, 2]])
+    # Events among the longer times, then censored records at the shortest times (one tied with
+    # an event: in decreasing-time order the event comes first, as in the batch).
+    trailing = torch.tensor([[1, 30], [0, 4], [1, 20], [0, 2], [1, 9], [0, 9], [0, 1], [1, 25]])
+    all_censored = torch.tensor([[0, 3], [0, 8], [0, 1], [0, 8]])
+    for truth in (only_first, trailing, all_censored):
+        truth = truth.float()
+        for dtype in (torch.float32, torch.float64):
+            scores = torch.randn(len(truth), 1, generator=generator, dtype=dtype)
+            scores.requires_grad_()
+            (grad,) = torch.autograd.grad(BaselineLoss()(scores, truth.to(dtype)), scores)
+            zero = torch.from_numpy(_structural_zeros(truth))
+            assert torch.equal(grad[zero], torch.zeros_like(grad[zero]))
+    # No gradient at all when the only event is the first record of the sorted batch.
+    scores = torch.randn(8, 1, generator=generator).requires_grad_()
+    (grad,) = torch.autograd.grad(BaselineLoss()(scores, only_first.float()), scores)
+    assert torch.equal(grad, torch.zeros_like(grad))
+    # A batch of one: loss 0 and a zero gradient (FLamby's loop has no term for it).
+    one = torch.randn(1, 1, generator=generator).requires_grad_()
+    loss = BaselineLoss()(one, torch.tensor([[1.0, 10.0]]))
+    assert loss.item() == 0.0
+    (grad,) = torch.autograd.grad(loss, one)
+    assert torch.equal(grad, torch.zeros(1, 1))
+
+
+def test_adam_training_keeps_flambys_exact_zero_gradients(tcga_license):
+    """Adam (lr 0.1, eps 1e-8) training on TCGA batches, as FLamby's benchmark trains: where
+    FLamby's loop gives an exactly zero gradient (the bias, or a one-hot covariate, when the
+    batch's gradients cancel exactly), a form leaving 1e-8 there would let Adam take a full
+    step; the double's loss leaves the weight in place."""
+    data = FedTcgaBrca(center=3, train=True)  # 129 records: the last batch has 1
+    torch.manual_seed(0)
+    model = Baseline()
+    optimizer = fed_tcga_brca.Optimizer(model.parameters(), lr=fed_tcga_brca.LR)
+    loader = DataLoader(
+        data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    exact_zeros = 0  # zero gradients that are not the structural ones (all scores' zero)
+    initial = model.fc.weight.detach().clone()
+    never_moved = torch.ones_like(initial, dtype=torch.bool)
+    for _ in range(3):
+        for X, y in loader:
+            optimizer.zero_grad()
+            scores = model(X)
+            scores.retain_grad()
+            loss = BaselineLoss()(scores, y)
+            loss.backward()
+            expected, _ = _flamby_loop_float64(scores.detach(), y)
+            assert loss.item() == pytest.approx(expected, rel=1e-5)
+            if scores.grad.any():
+                exact_zeros += int((model.fc.bias.grad == 0).sum())
+            never_moved &= model.fc.weight.grad == 0
+            optimizer.step()
+            # Adam moves a weight only once its gradient has been non-zero: exact zeros matter.
+            assert torch.equal(model.fc.weight[never_moved], initial[never_moved])
+    assert exact_zeros > 0
+
+
+def test_cox_loss_dtype_follows_flamby_stack():
+    """FLamby stacks scores, E and T into one tensor: torch's promotion decides the dtype."""
+    truth = torch.tensor([[1.0, 3.0], [0.0, 2.0], [1.0, 1.0]])
+    scores32 = torch.randn(3, 1)
+    assert BaselineLoss()(scores32, truth).dtype == torch.float32
+    assert BaselineLoss()(scores32, truth.double()).dtype == torch.float64
+    assert BaselineLoss()(scores32.double(), truth).dtype == torch.float64
+    expected, _ = _flamby_loop_float64(scores32, truth)
+    assert BaselineLoss()(scores32, truth).item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_cox_loss_decreases_with_the_dataset_optimizer(tcga_license):
     torch.manual_seed(0)
     data = FedTcgaBrca(train=True, pooled=True)
@@ -209,6 +342,21 @@ def test_concordance_index_follows_lifelines_conventions():
         concordance_index([1, 2], [np.nan, 1])
 
 
+def test_metric_returns_numpy_float64_like_lifelines():
+    y_true = np.array([[1, 5], [0, 3], [1, 2], [1, 7], [0, 9]], dtype=np.float32)
+    pred = np.array([[0.1], [0.3], [0.5], [0.2], [0.0]], dtype=np.float32)
+    value = metric(y_true, pred)
+    assert type(value) is np.float64
+    times, events = y_true[:, 1].astype(float), y_true[:, 0].astype(float)
+    assert value == _naive_c_index(times, -pred.ravel().astype(float), events)
+    assert type(concordance_index([1, 2, 3], [1, 2, 3])) is np.float64
+    assert type(concordance_index([1, 2, 3], [1, 1, 1])) is np.float64  # all tied: 0.5
+    with pytest.raises(ValueError, match="Event times and predictions must have the same shape"):
+        concordance_index([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match=r"Event times can only be 1-dimensional: \(n,\)"):
+        concordance_index(np.ones((2, 2)), np.ones((2, 2)))
+
+
 def test_metric_on_risk_scores(tcga_license):
     data = FedTcgaBrca(train=False, pooled=True)
     y_true = np.stack([data[i][1].numpy() for i in range(len(data))])
@@ -245,6 +393,49 @@ def test_pooled_baseline_reaches_flamby_pooled_c_index(tcga_license):
         scores.append(utils.evaluate_model_on_tests(model, [loader], metric)["client_test_0"])
     # FLamby's published pooled figure is 0.676 (mean over client test sets, 30 epochs).
     assert np.median(scores) >= 0.6, scores
+
+
+# --- collate_fn of fed_camelyon16 and fed_lidc_idri ----------------------------------------------
+
+
+def test_camelyon16_collate_fn_pads_and_orders_tiles_like_flamby():
+    from flamby.datasets.fed_camelyon16 import collate_fn
+    from flamby.datasets.fed_camelyon16.dataset import collate_fn as in_dataset
+
+    assert collate_fn is in_dataset
+    signature = inspect.signature(collate_fn)
+    assert list(signature.parameters) == ["dataset_elements_list", "max_tiles"]
+    assert signature.parameters["max_tiles"].default == 10000
+    slide_a = torch.arange(12, dtype=torch.float32).reshape(3, 4)  # 3 tiles of 4 features
+    slide_b = torch.arange(100, 120, dtype=torch.float32).reshape(5, 4)  # 5 tiles
+    perm_a, perm_b = np.array([2, 0, 1]), np.array([4, 3, 2, 1, 0])
+    batch = [(slide_a, torch.tensor(1.0), perm_a), (slide_b, torch.tensor(0.0), perm_b)]
+    X, y = collate_fn(batch, max_tiles=4)
+    assert X.shape == (2, 4, 4) and X.dtype == torch.float32
+    assert torch.equal(X[0, :3], slide_a[perm_a]) and torch.equal(X[0, 3], torch.zeros(4))
+    assert torch.equal(X[1], slide_b[perm_b[:4]])  # cut at max_tiles, in perm order
+    assert y.shape == (2, 1) and y.dtype == torch.float32 and y.flatten().tolist() == [1.0, 0.0]
+    X, y = collate_fn([(slide_a.double(), torch.tensor(1, dtype=torch.int64), perm_a)])
+    assert X.shape == (1, 10000, 4) and X.dtype == torch.float64 and y.dtype == torch.int64
+    assert torch.equal(X[0, :3], slide_a[perm_a].double()) and not X[0, 3:].any()
+
+
+def test_lidc_idri_collate_fn_concatenates_patches_like_flamby():
+    from flamby.datasets.fed_lidc_idri import collate_fn
+    from flamby.datasets.fed_lidc_idri.dataset import collate_fn as in_dataset
+
+    assert collate_fn is in_dataset
+    assert list(inspect.signature(collate_fn).parameters) == ["dataset_elements_list"]
+    generator = torch.Generator().manual_seed(0)
+    scans = [torch.randn(2, 3, 4, 5, generator=generator) for _ in range(3)]  # S=2 patches
+    masks = [torch.randint(0, 2, (2, 3, 4, 5), generator=generator) for _ in range(3)]
+    X, y = collate_fn(list(zip(scans, masks, strict=True)))
+    assert X.shape == (6, 1, 3, 4, 5) and y.shape == (6, 1, 3, 4, 5)
+    assert X.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.equal(X[:, 0], torch.cat(scans)) and torch.equal(y[:, 0], torch.cat(masks))
+    with_channel = [(s.unsqueeze(1), m.unsqueeze(1)) for s, m in zip(scans, masks, strict=True)]
+    X5, y5 = collate_fn(with_channel)  # already 5-D: kept as is
+    assert torch.equal(X5, X) and torch.equal(y5, y)
 
 
 # --- Licence ------------------------------------------------------------------------------------
