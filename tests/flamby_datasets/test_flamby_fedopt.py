@@ -91,3 +91,25 @@ def test_the_state_resumes_the_same_trajectory(rounds):
 def test_bad_settings_are_refused():
     with active(get_plugin_manager()), pytest.raises(Exception, match="beta_2 must be a number"):
         Optimizer(lr=0.02, modules=[("flamby-adam", {"beta_2": 1.5})])
+
+
+@pytest.mark.parametrize("algorithm", ["fedadam", "fedyogi"])
+def test_flamby_experiment_steps_as_flamby_with_server_steps_flamby(tcga_license, algorithm):
+    from fedplug_flamby import ALGORITHMS, flamby_experiment
+
+    kind = algorithm[3:]  # adam, yogi
+    preset = ALGORITHMS[algorithm].researcher
+    common = {"num_updates": 5, "round_limit": 2, "seed": 0, "validate": False, "progress": False}
+    ours = flamby_experiment("fed_tcga_brca", algorithm=algorithm, server_steps="flamby", **common)
+    [(name, config)] = ours.agg_optimizer.to_dict()["modules"]
+    assert name == f"flamby-{kind}" and config["eps"] == preset["modules"][0][1]["eps"]
+    default = flamby_experiment("fed_tcga_brca", algorithm=algorithm, **common)
+    assert default.agg_optimizer.to_dict()["modules"][0][0] == kind
+    ours.run()
+    default.run()
+    # same local training at round 0, different server steps: different models
+    assert any(
+        not np.allclose(ours.global_params[k], default.global_params[k]) for k in ours.global_params
+    )
+    with pytest.raises(Exception, match="server_steps must be 'declearn' or 'flamby'"):
+        flamby_experiment("fed_tcga_brca", algorithm=algorithm, server_steps="flamb", **common)

@@ -35,6 +35,10 @@ class Dataset:
     :param collate_fn: how a sample collection's samples form a batch (a DataLoader's
         ``collate_fn``); None for the framework's default.
     :param meta: facts about the data for plans that need them (e.g. which FLamby dataset).
+    :param metrics: the data's own evaluation metrics, ``name -> fn(y_true, y_pred)`` on a whole
+        split's targets and predictions (numpy arrays) returning a number, such as a FLamby
+        dataset's ``metric``; plans that declare none of their own evaluate with them
+        (``TorchTrainingPlan``).
     :param check_finite: refuse arrays ``x`` and ``y`` that hold NaN or infinite values (a
         :class:`~fedplug.errors.ConfigError` naming the first one's row and column), which would
         otherwise surface later as a diverged loss. Pass False for a plan that handles missing
@@ -48,6 +52,7 @@ class Dataset:
     test: Dataset | None = None
     collate_fn: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
     check_finite: InitVar[bool] = True
 
     def __post_init__(self, check_finite: bool) -> None:
@@ -71,6 +76,13 @@ class Dataset:
             )
         if self.test is not None and not isinstance(self.test, Dataset):
             raise ConfigError(f"dataset {self.name!r}: test must be a Dataset, got {self.test!r}")
+        if not isinstance(self.metrics, dict) or not all(
+            isinstance(key, str) and callable(fn) for key, fn in self.metrics.items()
+        ):
+            raise ConfigError(
+                f"dataset {self.name!r}: metrics must map names to functions "
+                f"fn(y_true, y_pred), got {self.metrics!r}"
+            )
         if check_finite:
             for what, values in (("x", self.x), ("y", self.y)):
                 _check_finite(self.name, what, values)
@@ -110,6 +122,7 @@ class Dataset:
             f"{self.name}{suffix}",
             collate_fn=self.collate_fn,
             meta=self.meta,
+            metrics=self.metrics,
             check_finite=False,  # rows of data already checked (or deliberately not)
         )
 

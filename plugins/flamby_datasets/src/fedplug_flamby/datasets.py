@@ -4,7 +4,9 @@ FLamby keeps its datasets as modules ``flamby.datasets.<name>`` that all export 
 ``FedClass`` (the per-center torch dataset), ``Baseline``, ``BaselineLoss``, ``Optimizer``, ``LR``,
 ``BATCH_SIZE``, ``NUM_CLIENTS``, ``NUM_EPOCHS_POOLED``, ``get_nb_max_rounds`` and ``metric``
 (some add ``collate_fn``). This module imports them on demand and turns FLamby's failures (not
-installed, dataset not downloaded, licence not accepted) into errors that name the fix.
+installed, dataset not downloaded, licence not accepted, a requirement missing, numpy 2 where
+FLamby's code needs numpy 1) into errors that name the fix, and silences the FutureWarnings that
+FLamby's own code causes in pandas (:func:`quiet_flamby_warnings`).
 
 FLamby asks for the acceptance of a dataset's data terms on standard input. A node must never wait
 on a prompt, so FLamby code runs here with standard input replaced by an empty stream: a prompt
@@ -19,6 +21,7 @@ import io
 import numbers
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -45,6 +48,7 @@ class FlambyDatasetInfo:
     extra: str  # FLamby's pip extra for the dataset's requirements ("": none needed)
     download: bool  # needs FLamby's download (and preprocessing) scripts before use
     licence_link: str | None  # data terms FLamby asks to accept (None: no licence prompt)
+    download_needs: tuple[str, ...] = ()  # packages its download scripts import (pip names)
 
 
 DATASETS: dict[str, FlambyDatasetInfo] = {
@@ -65,6 +69,7 @@ DATASETS: dict[str, FlambyDatasetInfo] = {
             "heart",
             True,
             "https://archive.ics.uci.edu/ml/datasets/Heart+Disease",
+            ("wget",),
         ),
         FlambyDatasetInfo(
             "fed_ixi",
@@ -160,14 +165,16 @@ def dataset_module(name: str) -> ModuleType:
     """``flamby.datasets.<name>``, checked for FLamby's common exports."""
     info = dataset_info(name)
     import_flamby()
+    quiet_flamby_warnings()
     try:
         with no_stdin():
             module = importlib.import_module(f"flamby.datasets.{name}")
     except ImportError as exc:
-        raise PluginError(
-            f"FLamby is installed but its dataset {name!r} cannot be imported ({exc}); install "
-            f"the dataset's requirements: {_pip_command(info)}"
-        ) from None
+        raise PluginError(import_failure_message(info, exc)) from None
+    except AttributeError as exc:
+        if not removed_in_numpy2(exc):
+            raise
+        raise PluginError(numpy2_message(name, exc)) from None
     missing = [export for export in _EXPORTS if not hasattr(module, export)]
     if missing:
         raise PluginError(
@@ -255,7 +262,59 @@ def center_datasets(
             raise ConfigError(
                 f"{name}'s FedClass does not take these options {sorted(options)}: {exc}"
             ) from None
+        except AttributeError as exc:
+            if not removed_in_numpy2(exc):
+                raise
+            raise PluginError(numpy2_message(name, exc)) from None
+        except ImportError as exc:  # a requirement FLamby imports only when it loads the data
+            raise PluginError(import_failure_message(info, exc)) from None
     return splits[0], splits[1], module
+
+
+#: import names whose pip package has another name
+_PIP_NAMES = {
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "cv2": "opencv-python",
+    "PIL": "Pillow",
+    "yaml": "PyYAML",
+}
+
+
+def import_failure_message(info: FlambyDatasetInfo, exc: ImportError) -> str:
+    """What to install when FLamby's dataset module (or its data loading) fails to import."""
+    missing = (getattr(exc, "name", None) or "").split(".")[0]
+    text = f"FLamby is installed but its dataset {info.name!r} cannot be imported ({exc}); "
+    if missing and missing != "flamby":
+        package = _PIP_NAMES.get(missing, missing)
+        text += f"install what it lacks: pip install {package}, or all of "
+    else:
+        text += "install "
+    return text + f"the dataset's requirements: {_pip_command(info)}"
+
+
+def removed_in_numpy2(exc: AttributeError) -> bool:
+    """True for numpy 2's error on the names it removed (``np.NaN``, ``np.float_``, ...)."""
+    return "removed in the NumPy 2.0 release" in str(exc)
+
+
+def numpy2_message(name: str, exc: AttributeError) -> str:
+    import numpy
+
+    return (
+        f"FLamby's {name} code uses a numpy name that numpy 2 removed ({exc}), and this "
+        f"environment has numpy {numpy.__version__}. FLamby's code needs numpy 1 for this "
+        'dataset: pip install "numpy<2" in this environment and on every node that serves the '
+        "dataset (then restart those nodes)"
+    )
+
+
+def quiet_flamby_warnings() -> None:
+    """Silence the FutureWarnings that FLamby's code causes in pandas (and other libraries
+    deprecating what FLamby calls): they concern FLamby's source, not the user's, and would
+    otherwise be printed by every node. pandas attributes them to its caller, FLamby's module,
+    which this filter matches; FutureWarnings of any other code are untouched."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"flamby(\.|$)")
 
 
 def _pip_command(info: FlambyDatasetInfo) -> str:
@@ -275,6 +334,12 @@ def not_ready_message(name: str, exc: BaseException) -> str:
         if info.download
         else f"reinstall FLamby with the dataset's requirements: {_pip_command(info)}"
     )
+    if info.download_needs:
+        needs = " ".join(info.download_needs)
+        how += (
+            f". Its download script imports {', '.join(info.download_needs)} (FLamby's "
+            f"{info.extra!r} extra): pip install {needs}"
+        )
     text = str(exc).strip().rstrip(".")
     return f"FLamby dataset {name} is not ready on this machine: {text}. To fix it, {how}"
 
@@ -305,16 +370,21 @@ def load_flamby(
     label = name or f"{dataset}-center{center}"
     collate_fn = getattr(module, "collate_fn", None)
     meta = {"flamby_dataset": dataset, "center": center}
+    # the dataset's metric, for plans that declare none (a TorchTrainingPlan written by hand
+    # around FLamby's Baseline evaluates with it, as the registered plans do)
+    metrics = {dataset_info(dataset).metric: module.metric}
     if len(train) == 0:
         raise ConfigError(f"{label}: FLamby's train split of center {center} is empty")
+    test_split = Dataset(
+        test, None, tags, f"{label}:test", collate_fn=collate_fn, meta=meta, metrics=metrics
+    )
     return Dataset(
         train,
         None,
         tags,
         label,
-        test=Dataset(test, None, tags, f"{label}:test", collate_fn=collate_fn, meta=meta)
-        if len(test)
-        else None,
+        test=test_split if len(test) else None,
         collate_fn=collate_fn,
         meta=meta,
+        metrics=metrics,
     )

@@ -3,7 +3,9 @@
 :func:`flamby_experiment` uses the dataset's ``BATCH_SIZE``, ``num_updates`` local steps per round
 (FLamby's way of counting; ``epochs`` for Fed-BioMed's) and ``get_nb_max_rounds(num_updates)``
 rounds, and validates each round with the dataset's ``metric`` on every center's test split.
-Every default can be overridden.
+Every default can be overridden. The centers are in-process nodes (:func:`flamby_nodes`), node
+processes on this machine (:func:`flamby_federation`), or deployed nodes that connect to the
+researcher (``transport="grpc"``), selected by ``tags``.
 """
 
 from __future__ import annotations
@@ -100,23 +102,26 @@ def flamby_federation(
     accept_license: bool = False,
     wait_timeout: float = 180.0,
     report_to: Any = None,
+    tags: list[str] | str | None = None,
 ) -> Iterator[Any]:
     """The centers as a real deployment on loopback (:func:`fedplug_grpc.deploy.local_deployment`):
     one ``fedplug node start`` process per center (``center0``, ...), each with its
     ``node.toml``, SQLite registry holding its ``flamby`` dataset, and credential, connected
     over TLS. Yields the researcher's transport once every center is connected; stops the
     processes on exit, also when interrupted. With ``report_to`` (a stream, e.g.
-    ``sys.stderr``), what it does while it starts is told there."""
+    ``sys.stderr``), what it does while it starts is told there. ``tags``: the datasets' tags
+    (default: the dataset's name), as ``fedplug node dataset add --tags`` records them."""
     from fedplug_grpc.deploy import NodeSpec, StartupReport, local_deployment
 
     module = dataset_module(dataset)
     centers = list(range(int(module.NUM_CLIENTS))) if centers is None else list(centers)
     if not centers:
         raise ConfigError("centers is empty: a FLamby experiment needs at least one center")
+    dataset_tags = _tags(tags, dataset)
     specs = []
     for center in centers:
         options = {"dataset": dataset, "center": center, "accept_license": accept_license}
-        record = (f"{dataset}-center{center}", "flamby", [dataset], options)
+        record = (f"{dataset}-center{center}", "flamby", list(dataset_tags), options)
         specs.append(NodeSpec(f"center{center}", [record]))
     report = StartupReport(report_to) if report_to is not None else None
     with local_deployment(
@@ -142,6 +147,10 @@ def flamby_experiment(
     accept_license: bool = False,
     seed: int | None = None,
     training_args: dict[str, Any] | None = None,
+    tags: list[str] | str | None = None,
+    transport: str | Any = "local",
+    transport_options: dict[str, Any] | None = None,
+    server_steps: str = "declearn",
     **experiment_kwargs: Any,
 ) -> Experiment:
     """An :class:`~fedplug.Experiment` on FLamby dataset ``dataset`` with its benchmark defaults.
@@ -154,16 +163,33 @@ def flamby_experiment(
     :param round_limit: default: ``get_nb_max_rounds(num_updates)``, FLamby's budget.
     :param algorithm: a preset of :data:`ALGORITHMS` (``fedavg``, ``fedprox``, ``scaffold``,
         ``fedadam``, ...); None trains with the dataset's own optimizer and plain FedAvg.
+    :param server_steps: for ``fedadam`` and ``fedyogi``: ``"declearn"`` (the default: the
+        bias-corrected moments of declearn's ``adam``/``yogi``, as in the FedOpt paper) or
+        ``"flamby"`` (FLamby's own strategies' steps, without bias correction: the
+        ``flamby-adam``/``flamby-yogi`` modules), to reproduce FLamby's numbers.
     :param optimizer: node-side :class:`fedplug.Optimizer` (replaces the preset's).
     :param agg_optimizer: researcher-side :class:`fedplug.Optimizer` (replaces the preset's).
-    :param centers: the centers to federate (default: all ``NUM_CLIENTS``).
-    :param nodes: existing nodes or a transport whose datasets are tagged with the dataset's
-        name; default: one in-process node per center.
+    :param centers: the centers to federate (default: all ``NUM_CLIENTS``), as in-process nodes.
+    :param nodes: existing nodes or a transport object; default: one in-process node per center
+        (with the local transport).
+    :param tags: the tags that select the nodes' datasets (default: the dataset's name, what
+        :func:`flamby_nodes`, :func:`flamby_federation` and ``load_flamby`` tag with); e.g.
+        ``["tcga"]`` for nodes whose administrators ran ``fedplug node dataset add ... --tags
+        tcga``.
+    :param transport: ``"local"`` (the default: in-process nodes), or a remote transport's name
+        (``"grpc"``) or object: the nodes are then deployed ones, which connect to the
+        researcher, and no local node is built (``centers`` and ``accept_license`` do not apply;
+        each node's administrator accepts the data terms, ``fedplug node dataset add
+        --accept-license``). The researcher needs FLamby installed, not the data.
+    :param transport_options: the transport's settings, e.g. ``{"server": "0.0.0.0:50051",
+        "tls": "certs", "wait_nodes": 6}`` for ``"grpc"``.
     :param training_plan: a subclass of the dataset's plan (e.g. with its own
         ``training_step``); default: the registered ``flamby-<dataset>`` plan.
     :param accept_license: record acceptance of the dataset's data terms (FLamby asks otherwise).
     :param experiment_kwargs: anything else :class:`~fedplug.Experiment` takes
-        (``aggregator``, ``on_node_failure``, ``workers``, ``progress``, ``validate``, ...).
+        (``aggregator``, ``on_node_failure``, ``workers``, ``progress``, ``validate``, ...;
+        Experiment's deprecated transport keywords such as ``wait_nodes=`` are forwarded to it,
+        which moves them to ``transport_options`` with a DeprecationWarning).
     """
     info = dataset_info(dataset)
     module = dataset_module(dataset)
@@ -193,16 +219,40 @@ def flamby_experiment(
     node_spec = recipe.node if recipe else None
     if optimizer is not None:
         node_spec = optimizer.to_dict() if isinstance(optimizer, Optimizer) else dict(optimizer)
+    if server_steps not in ("declearn", "flamby"):
+        raise ConfigError(f"server_steps must be 'declearn' or 'flamby', got {server_steps!r}")
     if agg_optimizer is None and recipe is not None and recipe.researcher is not None:
-        agg_optimizer = Optimizer.from_dict(recipe.researcher)
+        researcher = recipe.researcher
+        if server_steps == "flamby":
+            researcher = {
+                **researcher,
+                "modules": [flamby_module(m) for m in researcher["modules"]],
+            }
+        agg_optimizer = Optimizer.from_dict(researcher)
     model_args = {"optimizer": node_spec} if node_spec is not None else {}
 
-    if nodes is None:
-        nodes = flamby_nodes(dataset, centers, accept_license=accept_license)
+    dataset_tags = _tags(tags, dataset)
+    remote = not (isinstance(transport, str) and transport == "local")
+    if remote:
+        if nodes is not None:
+            raise ConfigError(
+                f"give either nodes or transport={transport!r}: with a remote transport the "
+                "deployed nodes connect to the researcher"
+            )
+        if centers is not None:
+            raise ConfigError(
+                "centers picks the in-process nodes flamby_experiment builds; with transport="
+                f"{transport!r} the deployed nodes that connect are the federation: select them "
+                "by tags, or name them in transport_options={'wait_nodes': [...]}"
+            )
+    elif nodes is None:
+        nodes = flamby_nodes(dataset, centers, accept_license=accept_license, tags=dataset_tags)
     experiment_kwargs.setdefault("validate", True)  # on each center's own test split
     experiment = Experiment(
         nodes=nodes,
-        tags=[dataset],
+        tags=dataset_tags,
+        transport=transport,
+        transport_options=transport_options,
         training_plan=training_plan or f"flamby-{dataset}",
         model_args=model_args,
         training_args=args,
@@ -214,6 +264,29 @@ def flamby_experiment(
     experiment.flamby_dataset = dataset
     experiment.flamby_metric = info.metric
     return experiment
+
+
+#: declearn's server-side modules -> the ones stepping as FLamby's FedOpt strategies do
+FLAMBY_SERVER_MODULES = {"adam": "flamby-adam", "yogi": "flamby-yogi"}
+
+
+def flamby_module(spec: Any) -> Any:
+    """``spec`` (a module name or ``[name, config]``) with declearn's ``adam``/``yogi`` replaced
+    by FLamby's unbiased-moment ``flamby-adam``/``flamby-yogi`` (same configuration)."""
+    name, config = (spec, None) if isinstance(spec, str) else (spec[0], spec[1])
+    name = FLAMBY_SERVER_MODULES.get(name, name)
+    if config is None:
+        return name
+    return [name, {k: v for k, v in config.items() if k in ("beta_1", "beta_2", "eps")}]
+
+
+def _tags(tags: list[str] | str | None, dataset: str) -> list[str]:
+    if tags is None:
+        return [dataset]
+    tags = [tags] if isinstance(tags, str) else list(tags)
+    if not tags or not all(isinstance(tag, str) and tag for tag in tags):
+        raise ConfigError(f"tags must be a non-empty list of non-empty strings, got {tags!r}")
+    return tags
 
 
 def flamby_results(history: list[dict[str, Any]], metric: str) -> dict[str, Any]:

@@ -3,7 +3,11 @@
 :class:`FlambyTrainingPlan` is a :class:`~fedplug_torch.TorchTrainingPlan` whose model is the
 dataset's ``Baseline()``, loss ``BaselineLoss()`` and optimizer the dataset's ``Optimizer`` at its
 ``LR`` (or a :class:`fedplug.Optimizer`). It evaluates with the dataset's own ``metric`` on a
-center's whole test split (predictions concatenated, as FLamby's ``evaluate_model_on_tests``).
+center's whole test split (predictions concatenated, as FLamby's ``evaluate_model_on_tests``):
+its ``metrics`` are ``{<metric name>: metric}``, TorchTrainingPlan's hook. A plan written by hand
+around FLamby's ``Baseline`` (a plain TorchTrainingPlan, Fed-BioMed's way) that declares no metric
+gets the same on a FLamby center: the ``flamby`` dataset type gives each center the dataset's
+``metric`` as its ``Dataset.metrics``.
 
 One subclass per dataset is registered (``flamby-fed_tcga_brca``, ...), so a plan travels to nodes
 by name. :func:`flamby_plan` returns it, or, with a custom optimizer, a generated subclass whose
@@ -19,10 +23,8 @@ import sys
 import types
 from typing import Any, ClassVar
 
-import torch
-
 from fedplug.datasets import Dataset
-from fedplug.errors import ConfigError, PlanError
+from fedplug.errors import ConfigError
 from fedplug.optimizer import Optimizer
 from fedplug.plan import TrainingArgs
 from fedplug_flamby.datasets import DATASETS, dataset_info, dataset_module, plan_class_name
@@ -70,6 +72,9 @@ class FlambyTrainingPlan(TorchTrainingPlan):
         self.dataset_name: str = name
         self.metric_name = dataset_info(name).metric
         self.flamby = dataset_module(name)
+        if not self.metrics:  # a subclass may declare its own
+            # evaluated once on a center's whole test split, as FLamby's evaluate_model_on_tests
+            self.metrics = {self.metric_name: self.flamby.metric}
         self.model = self.flamby.Baseline()
         self.loss = self.flamby.BaselineLoss()
         spec = self.model_args.get("optimizer", self.optimizer_spec)
@@ -99,30 +104,10 @@ class FlambyTrainingPlan(TorchTrainingPlan):
         return super().train(dataset, args)
 
     def evaluate(self, dataset: Dataset, args: TrainingArgs) -> dict[str, float]:
-        """The dataset's ``metric`` (and the loss) on all of ``dataset``'s predictions at once."""
+        """The dataset's ``metric`` (and the loss) on all of ``dataset``'s predictions at once
+        (:attr:`metrics`, set to ``{metric_name: metric}``)."""
         self._check_dataset(dataset)
-        model = self._model()
-        model.eval()
-        predictions, targets = [], []
-        with torch.no_grad():
-            for xb, yb in self.evaluation_batches(dataset, args):
-                predictions.append(model(xb))
-                targets.append(yb)
-        model.train()
-        if not predictions:
-            return {}
-        y_pred, y_true = torch.cat(predictions), torch.cat(targets)
-        try:
-            value = self.flamby.metric(y_true.cpu().numpy(), y_pred.cpu().numpy())
-        except Exception as exc:  # FLamby's metric, on data it may not define itself for
-            raise PlanError(
-                f"FLamby's {self.dataset_name} metric failed on {dataset.name!r} "
-                f"({len(y_true)} samples): {type(exc).__name__}: {exc}"
-            ) from None
-        metrics = {self.metric_name: float(value)}
-        if self.loss is not None:
-            metrics["loss"] = float(self.loss(y_pred, y_true))
-        return metrics
+        return super().evaluate(dataset, args)
 
 
 def _define_dataset_plans() -> dict[str, type[FlambyTrainingPlan]]:

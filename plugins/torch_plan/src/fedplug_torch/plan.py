@@ -84,9 +84,20 @@ class TorchTrainingPlan(TrainingPlan):
     training argument). Override :meth:`training_step` for anything beyond ``loss(model(x), y)``,
     and :meth:`training_data` to train on something other than the node's tagged dataset (it may
     return a ``torch.utils.data.DataLoader``).
+
+    Evaluation: a plan declares its metrics in :attr:`metrics` (``{"auc": roc_auc_score}``,
+    FLamby's ``{"c_index": metric}``), computed once on a whole split's predictions; without
+    them it uses the dataset's own (``Dataset.metrics``, e.g. a FLamby center's), and otherwise
+    averages :meth:`testing_step`'s per-batch values.
     """
 
     framework = "torch"
+    #: the plan's metrics: name -> ``fn(y_true, y_pred)`` on numpy arrays, the targets and the
+    #: model's outputs of every batch of the evaluated split, concatenated (as FLamby's
+    #: ``evaluate_model_on_tests`` and scikit-learn's metrics take them); a number each. Set it
+    #: in the class body or in ``__init__`` (``self.metrics = {"c_index": metric}``). Empty: the
+    #: dataset's own ``metrics``, else :meth:`testing_step` per batch.
+    metrics: dict[str, Callable[[Any, Any], Any]] = {}
 
     def __init__(self, model_args: dict[str, Any] | None = None) -> None:
         super().__init__(model_args)
@@ -94,6 +105,8 @@ class TorchTrainingPlan(TrainingPlan):
         self.loss: Callable[..., torch.Tensor] | None = None
         self.device = torch.device("cpu")
         self._tensors: dict[int, tuple[Dataset, torch.Tensor, torch.Tensor]] = {}
+        # the instance's own copy: adding to it never changes the class's (or every plan's)
+        self.metrics = dict(type(self).metrics)
 
     @classmethod
     def init_seed(cls, seed: int | None) -> None:
@@ -285,6 +298,17 @@ class TorchTrainingPlan(TrainingPlan):
         return metrics
 
     def evaluate(self, dataset: Dataset, args: TrainingArgs) -> dict[str, float]:
+        """Metrics of the model on ``dataset``: the plan's :attr:`metrics`, or else the dataset's
+        own (``Dataset.metrics``), each computed once on all its predictions, with the loss
+        over them; without either, :meth:`testing_step`'s values averaged over the samples."""
+        metrics = self.metrics or getattr(dataset, "metrics", None) or {}
+        if not isinstance(metrics, dict):
+            raise PlanError(
+                f"{type(self).__name__}.metrics must map names to functions fn(y_true, y_pred), "
+                f"got {metrics!r}"
+            )
+        if metrics:
+            return self._whole_split_metrics(dataset, args, metrics)
         model = self._model()
         model.eval()
         totals: dict[str, float] = {}
@@ -293,6 +317,40 @@ class TorchTrainingPlan(TrainingPlan):
                 for key, value in self.testing_step(xb, yb).items():
                     totals[key] = totals.get(key, 0.0) + float(value) * len(xb)
         return {key: value / len(dataset) for key, value in totals.items()}
+
+    def _whole_split_metrics(
+        self, dataset: Dataset, args: TrainingArgs, metrics: dict[str, Callable[[Any, Any], Any]]
+    ) -> dict[str, float]:
+        model = self._model()
+        was_training = model.training
+        model.eval()
+        predictions, targets = [], []
+        try:
+            with torch.no_grad():
+                for xb, yb in self.evaluation_batches(dataset, args):
+                    predictions.append(model(xb))
+                    targets.append(yb)
+        finally:
+            model.train(was_training)
+        if not predictions:
+            return {}
+        y_pred, y_true = torch.cat(predictions), torch.cat(targets)
+        true, pred = y_true.detach().cpu().numpy(), y_pred.detach().cpu().numpy()
+        values: dict[str, float] = {}
+        for name, fn in metrics.items():
+            try:
+                value = fn(true, pred)
+                values[name] = float(value)
+            except Exception as exc:  # the metric's own code, on data it may not be defined for
+                raise PlanError(
+                    f"metric {name!r} ({getattr(fn, '__module__', '?')}."
+                    f"{getattr(fn, '__qualname__', fn)}) failed on {dataset.name!r} "
+                    f"({len(true)} samples): {type(exc).__name__}: {exc}"
+                ) from None
+        if self.loss is not None and "loss" not in values:
+            with torch.no_grad():
+                values["loss"] = float(self.loss(y_pred, y_true))
+        return values
 
     def evaluation_batches(self, dataset: Dataset, args: TrainingArgs) -> Iterator[tuple[Any, Any]]:
         """``dataset`` in order, as batches on the plan's device: slices of its tensors, or for a
