@@ -138,6 +138,14 @@ def test_over_grpc_it_waits_for_deployed_nodes_instead_of_building_local_ones(mo
         )
     assert "instead of nodes" not in str(info.value)
     assert "waited 0.3 s for 6 node(s) with a dataset tagged ['tcga']" in str(info.value)
+    # without wait_nodes, it waits for every center of the dataset
+    with pytest.raises(ConfigError, match=r"for 6 node\(s\) with a dataset tagged \['tcga'\]"):
+        flamby_experiment(
+            "fed_tcga_brca",
+            tags="tcga",
+            transport="grpc",
+            transport_options={"server": "127.0.0.1:0", "wait_timeout": 0.3},
+        )
 
 
 # --- against `fedplug node start` processes ---------------------------------------------------

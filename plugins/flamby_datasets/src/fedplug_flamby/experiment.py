@@ -182,7 +182,8 @@ def flamby_experiment(
         each node's administrator accepts the data terms, ``fedplug node dataset add
         --accept-license``). The researcher needs FLamby installed, not the data.
     :param transport_options: the transport's settings, e.g. ``{"server": "0.0.0.0:50051",
-        "tls": "certs", "wait_nodes": 6}`` for ``"grpc"``.
+        "tls": "certs", "wait_nodes": 6}`` for ``"grpc"``; with ``"grpc"``, ``wait_nodes``
+        defaults to the dataset's number of centers (``NUM_CLIENTS``).
     :param training_plan: a subclass of the dataset's plan (e.g. with its own
         ``training_step``); default: the registered ``flamby-<dataset>`` plan.
     :param accept_license: record acceptance of the dataset's data terms (FLamby asks otherwise).
@@ -245,6 +246,9 @@ def flamby_experiment(
                 f"{transport!r} the deployed nodes that connect are the federation: select them "
                 "by tags, or name them in transport_options={'wait_nodes': [...]}"
             )
+        waits = "wait_nodes" in (transport_options or {}) or "wait_nodes" in experiment_kwargs
+        if transport == "grpc" and not waits:  # every center, unless told otherwise
+            transport_options = {**(transport_options or {}), "wait_nodes": int(module.NUM_CLIENTS)}
     elif nodes is None:
         nodes = flamby_nodes(dataset, centers, accept_license=accept_license, tags=dataset_tags)
     experiment_kwargs.setdefault("validate", True)  # on each center's own test split
