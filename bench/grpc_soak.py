@@ -243,6 +243,28 @@ def _frame_of(inbox: queue.SimpleQueue, kind: int, timeout: float = 10.0) -> byt
     return None
 
 
+def _ask_script(task: int, payload: bytes, replies: dict[int, Any], ready_timeout: float = 10.0):
+    """A fake researcher's script: send ``payload`` as task ``task``, grant the reply and keep
+    it (decoded, or None when cut short) in ``replies``."""
+
+    def script(inbox: queue.SimpleQueue, hello: bytes) -> Iterator[bytes]:
+        yield wire.control(wire.TASK, {"task": task, "size": len(payload)})
+        yield from wire.data_frames(task, [payload], 4096)
+        ready = _frame_of(inbox, wire.READY, ready_timeout)
+        if ready is None:
+            return  # no reply: the case reports it
+        size = wire.parse_control(ready, wire.READY, {"task": int, "size": int})["size"]
+        yield wire.control(wire.GRANT, {"task": task})  # the rest runs once it is sent
+        parts, got = [], 0
+        while got < size and (frame := _frame_of(inbox, wire.DATA)) is not None:
+            parts.append(frame[wire._DATA_HEAD.size :])
+            got += len(parts[-1])
+        replies[task] = msg.decode(b"".join(parts)) if got == size else None
+        yield wire.control(wire.CANCEL, {"task": task})
+
+    return script
+
+
 def node_fuzz(cases: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
     rng = random.Random(seed)
     fake = FakeResearcher()
@@ -264,22 +286,7 @@ def node_fuzz(cases: int, workdir: Path, seed: int = 1) -> dict[str, Any]:
 
     def ask(task: int, payload: bytes) -> Any:
         """Send ``payload`` as a request, grant the reply and keep it in ``replies``."""
-
-        def script(inbox: queue.SimpleQueue, hello: bytes) -> Iterator[bytes]:
-            yield from send(task, payload)
-            ready = _frame_of(inbox, wire.READY)
-            if ready is None:
-                return  # no reply: the case reports it
-            size = wire.parse_control(ready, wire.READY, {"task": int, "size": int})["size"]
-            yield wire.control(wire.GRANT, {"task": task})  # the rest runs once it is sent
-            parts, got = [], 0
-            while got < size and (frame := _frame_of(inbox, wire.DATA)) is not None:
-                parts.append(frame[wire._DATA_HEAD.size :])
-                got += len(parts[-1])
-            replies[task] = msg.decode(b"".join(parts)) if got == size else None
-            yield wire.control(wire.CANCEL, {"task": task})
-
-        return script
+        return _ask_script(task, payload, replies)
 
     try:
         deployment.start_all()
@@ -655,22 +662,7 @@ def _big_plan(workdir: Path, failures: list[str]) -> dict[str, Any]:
     replies: dict[int, Any] = {}
 
     def ask(task: int, payload: bytes) -> Any:
-        def script(inbox: queue.SimpleQueue, hello: bytes) -> Iterator[bytes]:
-            yield wire.control(wire.TASK, {"task": task, "size": len(payload)})
-            yield from wire.data_frames(task, [payload], 4096)
-            ready = _frame_of(inbox, wire.READY, 60)
-            if ready is None:
-                return
-            size = wire.parse_control(ready, wire.READY, {"task": int, "size": int})["size"]
-            yield wire.control(wire.GRANT, {"task": task})
-            parts, got = [], 0
-            while got < size and (frame := _frame_of(inbox, wire.DATA)) is not None:
-                parts.append(frame[wire._DATA_HEAD.size :])
-                got += len(parts[-1])
-            replies[task] = msg.decode(b"".join(parts)) if got == size else None
-            yield wire.control(wire.CANCEL, {"task": task})
-
-        return script
+        return _ask_script(task, payload, replies, ready_timeout=60)
 
     def request(features: int, experiment: str) -> bytes:
         # a new experiment id: a node builds the plan on an experiment's first request

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Callable
 
@@ -49,3 +51,21 @@ def make_tracked_experiment() -> Callable[..., Experiment]:
         return Experiment(**settings)
 
     return make
+
+
+@pytest.fixture
+def wait_process_group_gone() -> Callable[[int, float], None]:
+    """``wait_process_group_gone(pgid, timeout)``: fail unless no process of group ``pgid`` is
+    left within ``timeout`` seconds (what Ctrl-C must leave behind: nothing)."""
+
+    def wait(pgid: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            assert time.monotonic() < deadline, f"a process of group {pgid} outlived Ctrl-C"
+            time.sleep(0.05)
+
+    return wait

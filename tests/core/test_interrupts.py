@@ -20,24 +20,10 @@ from fedplug.experiment.checkpoints import latest_checkpoint, read_state
 SCRIPT = Path(__file__).parent / "scripts" / "interrupted.py"
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("mode", ["inline", "threads", "processes"])
-def test_ctrl_c_stops_the_run_at_once_and_keeps_the_last_good_round(tmp_path, mode):
+def test_ctrl_c_stops_the_run_at_once_and_keeps_the_last_good_round(
+    tmp_path, mode, wait_process_group_gone
+):
     checkpoints = tmp_path / "checkpoints"
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), mode, str(checkpoints)],
@@ -64,7 +50,7 @@ def test_ctrl_c_stops_the_run_at_once_and_keeps_the_last_good_round(tmp_path, mo
     last = int(lines[-1].rsplit(" ", 1)[1])
     assert last >= 1 and f"round {last}" in [first.strip(), *lines]
     assert "Traceback" not in err and "did not answer" not in err, err
-    _wait_for(lambda: not _group_alive(proc.pid), 10, "the worker processes to end")
+    wait_process_group_gone(proc.pid)  # the worker processes too
     # the latest checkpoint is the last applied round's, whole (written atomically)
     latest = latest_checkpoint(checkpoints)
     arrays, meta = read_state(latest)

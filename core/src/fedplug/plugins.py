@@ -28,7 +28,6 @@ import importlib
 import importlib.metadata
 import inspect
 import os
-import pickle
 import sys
 import types
 import warnings
@@ -450,10 +449,13 @@ class FedplugPluginManager(pluggy.PluginManager):
     def portable(self) -> PortablePlugins:
         """What a worker process needs to rebuild this manager with the same plugins: installed
         plugins are found again through their entry points, built-ins by module name, and plugins
-        registered in this process only are sent along (a module by its name, an object pickled).
+        registered in this process only are sent along (a module by its name, an object as it is:
+        multiprocessing's spawn carries it to its own worker, never a peer).
 
         A plugin that cannot travel is refused by name with a :class:`ConfigError`, rather than
         silently missing in the worker."""
+        from multiprocessing.reduction import ForkingPickler  # only for worker processes
+
         local: list[tuple[str, str, Any]] = []
         for name, plugin in self.list_name_plugin():
             if name in DEFAULT_PLUGINS or name in self._distributions:
@@ -463,10 +465,11 @@ class FedplugPluginManager(pluggy.PluginManager):
                     raise _not_portable(name, "a module that cannot be imported by name")
                 local.append((name, "module", plugin.__name__))
                 continue
-            try:
-                local.append((name, "object", pickle.dumps(plugin)))
+            try:  # it travels with the worker's arguments: refuse it here, by name, if it cannot
+                ForkingPickler.dumps(plugin)  # as spawn will send it
             except Exception as exc:
                 raise _not_portable(name, f"an object that cannot be pickled ({exc})") from None
+            local.append((name, "object", plugin))
         kept = {name for name, _ in self.list_name_plugin()}
         return PortablePlugins(self.entry_points_loaded, sorted(kept), local)
 
@@ -485,7 +488,7 @@ class PortablePlugins:
             if name not in self.names:
                 pm.unregister(name=name)
         for name, kind, value in self.local:
-            plugin = importlib.import_module(value) if kind == "module" else pickle.loads(value)
+            plugin = importlib.import_module(value) if kind == "module" else value
             pm.register(plugin, name=name)
         return pm
 

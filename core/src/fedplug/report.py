@@ -254,13 +254,15 @@ def plot_history(
         fig = history_figure(history, metric, title, average)
     except ImportError:
         return None
-    path = Path(path)
-    written = []
-    for suffix in formats:
-        target = path.with_suffix(f".{suffix}")
+    return save_figure(fig, path, formats)
+
+
+def save_figure(fig: Any, path: str | Path, formats: Sequence[str] = ("png", "svg")) -> Path:
+    """Write ``fig`` as ``path`` with each of ``formats``' suffixes; return the first file."""
+    targets = [Path(path).with_suffix(f".{suffix}") for suffix in formats]
+    for target in targets:
         fig.savefig(target, dpi=110)
-        written.append(target)
-    return written[0]
+    return targets[0]
 
 
 def write_outputs(

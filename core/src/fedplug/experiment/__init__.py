@@ -63,7 +63,7 @@ from fedplug.optimizer import Optimizer, pack_state, unpack_state
 from fedplug.plan import Params, TrainingArgs, TrainingPlan, params_spec
 from fedplug.planref import load_plan_class, make_plan_ref
 from fedplug.plugins import FedplugPluginManager, active, get_plugin_manager
-from fedplug.report import ResultsTable, history_figure, plot_history, results_table
+from fedplug.report import ResultsTable, history_figure, results_table, save_figure
 from fedplug.transport import is_transport
 
 __all__ = [
@@ -643,7 +643,7 @@ class Experiment:
         except ImportError:
             raise ConfigError("plotting needs matplotlib: pip install 'fedplug[plot]'") from None
         if path is not None:
-            plot_history(self.history, path, metric, title)
+            save_figure(figure, path)
         return figure
 
     def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
