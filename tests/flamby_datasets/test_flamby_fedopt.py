@@ -94,13 +94,13 @@ def test_bad_settings_are_refused():
 
 
 @pytest.mark.parametrize("algorithm", ["fedadam", "fedyogi"])
-def test_flamby_experiment_steps_as_flamby_with_server_steps_flamby(tcga_license, algorithm):
+def test_flamby_experiment_steps_as_flamby_with_variants_flamby(tcga_license, algorithm):
     from fedplug_flamby import ALGORITHMS, flamby_experiment
 
     kind = algorithm[3:]  # adam, yogi
     preset = ALGORITHMS[algorithm].researcher
     common = {"num_updates": 5, "round_limit": 2, "seed": 0, "validate": False, "progress": False}
-    ours = flamby_experiment("fed_tcga_brca", algorithm=algorithm, server_steps="flamby", **common)
+    ours = flamby_experiment("fed_tcga_brca", algorithm=algorithm, variants="flamby", **common)
     [(name, config)] = ours.agg_optimizer.to_dict()["modules"]
     assert name == f"flamby-{kind}" and config["eps"] == preset["modules"][0][1]["eps"]
     default = flamby_experiment("fed_tcga_brca", algorithm=algorithm, **common)
@@ -111,5 +111,11 @@ def test_flamby_experiment_steps_as_flamby_with_server_steps_flamby(tcga_license
     assert any(
         not np.allclose(ours.global_params[k], default.global_params[k]) for k in ours.global_params
     )
-    with pytest.raises(Exception, match="server_steps must be 'declearn' or 'flamby'"):
-        flamby_experiment("fed_tcga_brca", algorithm=algorithm, server_steps="flamb", **common)
+    with pytest.raises(Exception, match="variants must be 'declearn' or 'flamby'"):
+        flamby_experiment("fed_tcga_brca", algorithm=algorithm, variants="flamb", **common)
+    # the name of the last release still works, with a warning
+    with pytest.warns(DeprecationWarning, match="server_steps= is now variants="):
+        old = flamby_experiment(
+            "fed_tcga_brca", algorithm=algorithm, server_steps="flamby", **common
+        )
+    assert old.agg_optimizer.to_dict()["modules"][0][0] == f"flamby-{kind}"

@@ -440,6 +440,7 @@ class Node:
         if args.seed is not None:
             args = _with_round_seed(args, request.round_index)
         optimizer = self._receive_aux_vars(session.plan, request.aux_vars)
+        session.plan.round_index = request.round_index
         result = session.plan.train(session.train, args)
         session.trained_round = request.round_index
         if not math.isfinite(result.loss):

@@ -186,6 +186,10 @@ class TrainingPlan:
         self.model_args: dict[str, Any] = dict(model_args or {})
         self._dependencies: list[str] = []
         self.optimizer: Any = None
+        #: The round a node is serving (0 for the first), set by the node before each
+        #: :meth:`train`; None outside a federation. A plan whose batches depend on the round
+        #: (e.g. an epoch that spans rounds) reads it here.
+        self.round_index: int | None = None
 
     @classmethod
     def init_seed(cls, seed: int | None) -> None:

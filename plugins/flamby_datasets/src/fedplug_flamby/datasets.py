@@ -49,6 +49,9 @@ class FlambyDatasetInfo:
     download: bool  # needs FLamby's download (and preprocessing) scripts before use
     licence_link: str | None  # data terms FLamby asks to accept (None: no licence prompt)
     download_needs: tuple[str, ...] = ()  # packages its download scripts import (pip names)
+    # an item reads the same every time (no random augmentation): a node reads the split once
+    # and batches by index (fedplug_flamby.batches)
+    fixed_items: bool = False
 
 
 DATASETS: dict[str, FlambyDatasetInfo] = {
@@ -61,6 +64,7 @@ DATASETS: dict[str, FlambyDatasetInfo] = {
             "tcga",
             False,
             "https://gdc.cancer.gov/access-data/data-access-processes-and-tools",
+            fixed_items=True,
         ),
         FlambyDatasetInfo(
             "fed_heart_disease",
@@ -70,6 +74,7 @@ DATASETS: dict[str, FlambyDatasetInfo] = {
             True,
             "https://archive.ics.uci.edu/ml/datasets/Heart+Disease",
             ("wget",),
+            fixed_items=True,
         ),
         FlambyDatasetInfo(
             "fed_ixi",
@@ -118,6 +123,7 @@ DATASETS: dict[str, FlambyDatasetInfo] = {
             "",
             True,
             None,
+            fixed_items=True,
         ),
     )
 }

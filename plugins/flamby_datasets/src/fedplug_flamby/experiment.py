@@ -11,6 +11,7 @@ researcher (``transport="grpc"``), selected by ``tags``.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from fedplug.errors import ConfigError
 from fedplug.experiment import Experiment
 from fedplug.node import Node
 from fedplug.optimizer import Optimizer
-from fedplug_flamby.datasets import dataset_info, dataset_module, load_flamby
+from fedplug_flamby.batches import ORDERS
+from fedplug_flamby.datasets import center_datasets, dataset_info, dataset_module, load_flamby
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,28 @@ ALGORITHMS: dict[str, Algorithm] = {
     "fedadagrad": Algorithm(
         _sgd(0.03), {"lr": 0.1, "modules": [["adagrad", {"eps": 1e-3}]]}, "AdaGrad on the server"
     ),
+}
+
+
+# FLamby's own hyper-parameters (flamby/benchmarks/config_<dataset>.json; clients on SGD), as
+# (node, researcher) fedplug.Optimizer specs; FLamby's FedOpt "tau" is declearn's eps.
+FLAMBY_HYPERPARAMETERS: dict[str, dict[str, tuple[dict[str, Any], dict[str, Any] | None]]] = {
+    "fed_tcga_brca": {
+        "fedavg": ({"lr": 0.1}, None),
+        "fedprox": ({"lr": 0.1, "regularizers": [["fedprox", {"alpha": 0.1}]]}, None),
+        "scaffold": (
+            {"lr": 0.01, "modules": ["scaffold-client"]},
+            {"lr": 1.0, "modules": ["scaffold-server"]},
+        ),
+        "fedadam": (
+            {"lr": 0.01},
+            {"lr": 0.1, "modules": [["adam", {"beta_1": 0.9, "beta_2": 0.999, "eps": 1e-8}]]},
+        ),
+        "fedyogi": (
+            {"lr": 0.01},
+            {"lr": 0.1, "modules": [["yogi", {"beta_1": 0.9, "beta_2": 0.999, "eps": 1e-8}]]},
+        ),
+    }
 }
 
 
@@ -150,7 +174,11 @@ def flamby_experiment(
     tags: list[str] | str | None = None,
     transport: str | Any = "local",
     transport_options: dict[str, Any] | None = None,
-    server_steps: str = "declearn",
+    variants: str = "declearn",
+    hyperparameters: str = "fedplug",
+    batch_order: str = "fedplug",
+    model_args: dict[str, Any] | None = None,
+    server_steps: str | None = None,
     **experiment_kwargs: Any,
 ) -> Experiment:
     """An :class:`~fedplug.Experiment` on FLamby dataset ``dataset`` with its benchmark defaults.
@@ -163,10 +191,25 @@ def flamby_experiment(
     :param round_limit: default: ``get_nb_max_rounds(num_updates)``, FLamby's budget.
     :param algorithm: a preset of :data:`ALGORITHMS` (``fedavg``, ``fedprox``, ``scaffold``,
         ``fedadam``, ...); None trains with the dataset's own optimizer and plain FedAvg.
-    :param server_steps: for ``fedadam`` and ``fedyogi``: ``"declearn"`` (the default: the
-        bias-corrected moments of declearn's ``adam``/``yogi``, as in the FedOpt paper) or
-        ``"flamby"`` (FLamby's own strategies' steps, without bias correction: the
-        ``flamby-adam``/``flamby-yogi`` modules), to reproduce FLamby's numbers.
+    :param variants: the algorithms' update rules: ``"declearn"`` (the default: declearn's
+        ``adam``/``yogi`` with bias-corrected moments, as in the FedOpt paper, and SCAFFOLD with
+        the clients' unweighted mean control variate, exchanged as auxiliary variables) or
+        ``"flamby"`` (FLamby's own strategies' rules, to reproduce its numbers: FedAdam/FedYogi
+        steps without bias correction, the ``flamby-adam``/``flamby-yogi`` modules, and
+        Scaffold with a sample-weighted control variate computed on the clients, the
+        ``flamby-scaffold`` regularizer). ``server_steps=`` is its deprecated name.
+    :param hyperparameters: the algorithm's settings: ``"fedplug"`` (the presets of
+        :data:`ALGORITHMS`) or ``"flamby"`` (FLamby's own, :data:`FLAMBY_HYPERPARAMETERS`).
+    :param batch_order: ``"fedplug"`` (the default: each round a fresh pass over a center's train
+        split, shuffled by the round's seed) or ``"flamby"``: FLamby's strategies' batches (each
+        client's iterator carried across rounds, shuffled from torch's global generator seeded
+        by FLamby's ``set_seed(seed)``; :mod:`fedplug_flamby.batches`). With
+        ``hyperparameters="flamby"`` and ``variants="flamby"``, fedplug's FedAvg, FedProx and
+        Scaffold then give FLamby's own strategies' result for each seed. Needs ``seed`` and
+        ``num_updates``.
+    :param model_args: more of the plan's ``model_args`` (e.g. ``{"loss": "flamby"}``: FLamby's
+        own ``BaselineLoss`` instead of its batched form); ``optimizer`` and ``batch_order`` are
+        set through this function's arguments.
     :param optimizer: node-side :class:`fedplug.Optimizer` (replaces the preset's).
     :param agg_optimizer: researcher-side :class:`fedplug.Optimizer` (replaces the preset's).
     :param centers: the centers to federate (default: all ``NUM_CLIENTS``), as in-process nodes.
@@ -213,24 +256,63 @@ def flamby_experiment(
             round_limit = max(1, int(module.get_nb_max_rounds(args["num_updates"])))
 
     recipe = None
+    if hyperparameters not in ("fedplug", "flamby"):
+        raise ConfigError(f"hyperparameters must be 'fedplug' or 'flamby', got {hyperparameters!r}")
     if algorithm is not None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
         recipe = ALGORITHMS[algorithm]
+        if hyperparameters == "flamby":
+            known = FLAMBY_HYPERPARAMETERS.get(dataset, {})
+            if algorithm not in known:
+                raise ConfigError(
+                    f"fedplug knows FLamby's own hyper-parameters of {sorted(known) or 'no'} "
+                    f"algorithm for {dataset}, not of {algorithm!r}; use "
+                    "hyperparameters='fedplug', or give optimizer= and agg_optimizer="
+                )
+            node_settings, researcher_settings = known[algorithm]
+            recipe = Algorithm(node_settings, researcher_settings, "FLamby's settings")
+    elif hyperparameters == "flamby":
+        raise ConfigError("hyperparameters='flamby' applies to an algorithm: give algorithm=")
+    if server_steps is not None:
+        warnings.warn(
+            "flamby_experiment's server_steps= is now variants= (it also selects FLamby's "
+            "Scaffold)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        variants = server_steps
+    if variants not in ("declearn", "flamby"):
+        raise ConfigError(f"variants must be 'declearn' or 'flamby', got {variants!r}")
     node_spec = recipe.node if recipe else None
+    researcher = recipe.researcher if recipe else None
+    if variants == "flamby" and recipe is not None:
+        node_spec, researcher = flamby_variants(node_spec, researcher)
     if optimizer is not None:
         node_spec = optimizer.to_dict() if isinstance(optimizer, Optimizer) else dict(optimizer)
-    if server_steps not in ("declearn", "flamby"):
-        raise ConfigError(f"server_steps must be 'declearn' or 'flamby', got {server_steps!r}")
-    if agg_optimizer is None and recipe is not None and recipe.researcher is not None:
-        researcher = recipe.researcher
-        if server_steps == "flamby":
-            researcher = {
-                **researcher,
-                "modules": [flamby_module(m) for m in researcher["modules"]],
-            }
+    if agg_optimizer is None and researcher is not None:
         agg_optimizer = Optimizer.from_dict(researcher)
+    extra = dict(model_args or {})
     model_args = {"optimizer": node_spec} if node_spec is not None else {}
+    for key in ("optimizer", "batch_order"):
+        if key in extra:
+            raise ConfigError(
+                f"give {key} as flamby_experiment's {key}= argument, not in model_args"
+            )
+    model_args.update(extra)
+    if batch_order not in ORDERS:
+        raise ConfigError(f"batch_order must be one of {', '.join(ORDERS)}, got {batch_order!r}")
+    if batch_order == "flamby":
+        if seed is None:
+            raise ConfigError(
+                "batch_order='flamby' replays FLamby's shuffles for a seed (its set_seed(seed)): "
+                "give seed="
+            )
+        if args.get("num_updates") is None:
+            raise ConfigError(
+                "batch_order='flamby' counts local work in batches, as FLamby does: give "
+                "num_updates, not epochs"
+            )
 
     dataset_tags = _tags(tags, dataset)
     remote = not (isinstance(transport, str) and transport == "local")
@@ -251,6 +333,12 @@ def flamby_experiment(
             transport_options = {**(transport_options or {}), "wait_nodes": int(module.NUM_CLIENTS)}
     elif nodes is None:
         nodes = flamby_nodes(dataset, centers, accept_license=accept_license, tags=dataset_tags)
+    if batch_order == "flamby":
+        model_args["batch_order"] = {
+            "order": "flamby",
+            "seed": seed,
+            "centers": _train_sizes(dataset, nodes, dataset_tags, accept_license),
+        }
     experiment_kwargs.setdefault("validate", True)  # on each center's own test split
     experiment = Experiment(
         nodes=nodes,
@@ -274,6 +362,35 @@ def flamby_experiment(
 FLAMBY_SERVER_MODULES = {"adam": "flamby-adam", "yogi": "flamby-yogi"}
 
 
+def flamby_variants(
+    node: dict[str, Any] | None, researcher: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """An algorithm's (node, researcher) optimizer specs with FLamby's update rules: declearn's
+    ``adam``/``yogi`` server modules -> ``flamby-adam``/``flamby-yogi``; the ``scaffold-client``
+    / ``scaffold-server`` pair -> the client-side ``flamby-scaffold`` regularizer (at the node's
+    and the researcher's learning rates) and a plain server step."""
+    if researcher is not None:
+        researcher = {
+            **researcher,
+            "modules": [flamby_module(m) for m in researcher.get("modules", [])],
+        }
+    node_modules = [] if node is None else list(node.get("modules", []))
+    if "scaffold-client" in node_modules and node is not None:
+        server_lr = 1.0 if researcher is None else float(researcher.get("lr", 1.0))
+        regularizer = ["flamby-scaffold", {"lr": float(node["lr"]), "server_lr": server_lr}]
+        node = {
+            **node,
+            "modules": [m for m in node_modules if m != "scaffold-client"],
+            "regularizers": [*node.get("regularizers", []), regularizer],
+        }
+        if researcher is not None:
+            researcher = {
+                **researcher,
+                "modules": [m for m in researcher["modules"] if m != "scaffold-server"],
+            }
+    return node, researcher
+
+
 def flamby_module(spec: Any) -> Any:
     """``spec`` (a module name or ``[name, config]``) with declearn's ``adam``/``yogi`` replaced
     by FLamby's unbiased-moment ``flamby-adam``/``flamby-yogi`` (same configuration)."""
@@ -282,6 +399,37 @@ def flamby_module(spec: Any) -> Any:
     if config is None:
         return name
     return [name, {k: v for k, v in config.items() if k in ("beta_1", "beta_2", "eps")}]
+
+
+def _train_sizes(
+    dataset: str, nodes: Any, tags: list[str], accept_license: bool
+) -> list[list[int]]:
+    """``[[center, train size], ...]`` in FLamby's client order: from the in-process nodes'
+    datasets, or else (deployed nodes) from this machine's copy of FLamby's data."""
+    if isinstance(nodes, (list, tuple)) and all(isinstance(n, Node) for n in nodes):
+        pairs = []
+        for node in nodes:
+            data = node.find_dataset(tags)
+            center = data.meta.get("center")
+            if not isinstance(center, int) or data.meta.get("flamby_dataset") != dataset:
+                raise ConfigError(
+                    f"batch_order='flamby' needs FLamby centers; node {node.name!r} serves "
+                    f"{data.name!r}, which is not a center of {dataset}"
+                )
+            pairs.append([center, len(data)])
+        return pairs
+    module = dataset_module(dataset)
+    pairs = []
+    for center in range(int(module.NUM_CLIENTS)):
+        try:
+            train, _, _ = center_datasets(dataset, center, accept_license=accept_license)
+        except ConfigError as exc:
+            raise ConfigError(
+                "batch_order='flamby' needs every center's train size, and this researcher "
+                f"cannot read {dataset}'s centers to count them: {exc}"
+            ) from None
+        pairs.append([center, len(train)])
+    return pairs
 
 
 def _tags(tags: list[str] | str | None, dataset: str) -> list[str]:

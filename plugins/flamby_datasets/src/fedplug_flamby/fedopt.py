@@ -1,4 +1,4 @@
-"""FedAdam and FedYogi as FLamby's own strategies compute them, as declearn modules.
+"""FedAdam, FedYogi and Scaffold as FLamby's own strategies compute them, as declearn plug-ins.
 
 FLamby's ``FedAdam``/``FedYogi`` (``flamby.strategies.fed_opt``) update the global model with
 ``lr * m / (sqrt(v) + tau)`` from the sample-weighted average update ``Δ``: ``m`` and ``v`` are the
@@ -7,7 +7,8 @@ first and second moments of ``Δ`` **without bias correction** (and Yogi's ``v``
 modules correct the bias, so FLamby's first server step is ``(1-β1) / sqrt(1-β2)`` times theirs
 at the same rate: 3.2x with FLamby's betas, the gap closing over the rounds. ``Optimizer(lr=server_lr,
 modules=[("flamby-adam", {"eps": tau})])`` reproduces FLamby's server step exactly; on the nodes,
-FLamby's FedOpt trains with plain SGD.
+FLamby's FedOpt trains with plain SGD. :class:`FlambyScaffoldRegularizer` is FLamby's Scaffold
+(a sample-weighted global control variate, computed on the clients).
 
 Importing this module imports declearn (seconds): the plugin registers it by import path.
 """
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 
 from declearn.model.api import Vector
 from declearn.optimizer.modules import EWMAModule, OptiModule, YogiMomentumModule
+from declearn.optimizer.regularizers import Regularizer
 
 
 class FlambyAdamModule(OptiModule):
@@ -66,3 +68,58 @@ class FlambyYogiModule(FlambyAdamModule):
 
     def _second_moment(self, beta: float) -> OptiModule:
         return YogiMomentumModule(beta=beta)
+
+
+class FlambyScaffoldRegularizer(Regularizer):
+    """FLamby's Scaffold (``flamby.strategies.Scaffold``) on a client, as a declearn regularizer
+    of a plain-SGD client optimizer (FLamby's Scaffold requires SGD): every gradient minus the
+    client's correction, which grows at the start of each round by ``(x - y) / (server_lr * lr *
+    K)``, ``x`` the round's global model, ``y`` the client's state after its previous round
+    (``server_lr * trained + (1 - server_lr) * x_previous``) and ``K`` its steps then.
+
+    This is SCAFFOLD whose global control variate is the clients' *sample-weighted* mean (with
+    FLamby's FedAvg weights); declearn's ``scaffold-client``/``scaffold-server`` pair uses their
+    unweighted mean and exchanges it as auxiliary variables. FLamby's form exchanges nothing (the
+    correction follows from the global models the client receives), and supposes, as FLamby's
+    loop does, that every client trains in every round. ``lr`` must be the client optimizer's
+    learning rate (the trained state is rebuilt from the round's last step), ``server_lr``
+    FLamby's ``server_learning_rate``: the researcher applies the average update at that rate.
+    """
+
+    name: ClassVar[str] = "flamby-scaffold"
+
+    def __init__(self, lr: float, server_lr: float = 1.0) -> None:
+        for key, value in (("lr", lr), ("server_lr", server_lr)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{key} must be a positive number, got {value!r}")
+        super().__init__(alpha=1.0)
+        self.lr = float(lr)
+        self.server_lr = float(server_lr)
+        self.correction: Vector | float = 0.0
+        self.previous: Vector | None = None  # the client's state after its last round
+        self.previous_steps = 0
+        self._start: Vector | None = None  # this round's global model
+        self._last: tuple[Vector, Vector] | None = None  # (weights, corrected gradients)
+        self._steps = 0
+
+    def get_config(self) -> dict[str, Any]:
+        return {"lr": self.lr, "server_lr": self.server_lr}
+
+    def on_round_start(self) -> None:
+        if self._start is not None and self._last is not None:
+            weights, gradients = self._last
+            trained = weights + (-self.lr * gradients)  # the round's last SGD step
+            self.previous = self.server_lr * trained + (1 - self.server_lr) * self._start
+            self.previous_steps = self._steps
+        self._start, self._last, self._steps = None, None, 0
+
+    def run(self, gradients: Vector, weights: Vector) -> Vector:
+        if self._start is None:  # the round's first step: ``weights`` is the global model
+            self._start = weights
+            if self.previous is not None:
+                scale = self.server_lr * self.lr * self.previous_steps
+                self.correction = self.correction + (weights - self.previous) / scale
+        corrected = gradients - self.correction
+        self._last = (weights, corrected)
+        self._steps += 1
+        return corrected

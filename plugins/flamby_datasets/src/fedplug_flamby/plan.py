@@ -21,16 +21,22 @@ import json
 import linecache
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any, ClassVar
+
+import torch
 
 from fedplug.datasets import Dataset
 from fedplug.errors import ConfigError
 from fedplug.optimizer import Optimizer
-from fedplug.plan import TrainingArgs
+from fedplug.plan import TrainingArgs, check_interrupt
+from fedplug_flamby.batches import FlambyOrder, loader_batches, materialize, parse_order
 from fedplug_flamby.datasets import DATASETS, dataset_info, dataset_module, plan_class_name
+from fedplug_flamby.losses import BATCHED_LOSSES
 from fedplug_torch.plan import TorchTrainingPlan
 
-_MODEL_ARGS = ("dataset", "optimizer")
+_MODEL_ARGS = ("dataset", "optimizer", "batch_order", "loss")
+_LOSSES = ("batched", "flamby")
 
 
 class FlambyTrainingPlan(TorchTrainingPlan):
@@ -38,7 +44,16 @@ class FlambyTrainingPlan(TorchTrainingPlan):
 
     - ``dataset``: the FLamby dataset (unless the class fixes it in ``flamby_dataset``);
     - ``optimizer``: a :class:`fedplug.Optimizer` spec (``Optimizer.to_dict()``) to train with
-      instead of the dataset's ``Optimizer(lr=LR)``.
+      instead of the dataset's ``Optimizer(lr=LR)``;
+    - ``loss``: ``"batched"`` (the default: the dataset's ``BaselineLoss`` computed for a whole
+      batch at once where FLamby loops over its records, :mod:`fedplug_flamby.losses`; equal
+      up to float rounding) or ``"flamby"`` (the dataset's own ``BaselineLoss``);
+    - ``batch_order``: ``"fedplug"`` (the default: a fresh pass per round, shuffled by the
+      round's seed) or FLamby's (:class:`~fedplug_flamby.batches.FlambyOrder`, as
+      ``flamby_experiment(batch_order="flamby")`` fills it in).
+
+    A tabular dataset's split (``fixed_items``) is read once and batched by index, on the
+    training device (:mod:`fedplug_flamby.batches`).
 
     ``self.flamby`` is the dataset's module (``flamby.datasets.<dataset>``). Subclasses may
     override ``training_step`` as with any TorchTrainingPlan; FLamby's names are declared as
@@ -70,13 +85,20 @@ class FlambyTrainingPlan(TorchTrainingPlan):
                 "a FLamby plan needs model_args={'dataset': ...}, or use flamby_plan(dataset)"
             )
         self.dataset_name: str = name
+        self.batch_order = parse_order(self.model_args.get("batch_order"))
+        self._rounds_trained = 0
+        self._split: tuple[Any, ...] | None = None  # (dataset, device, x, y) read once
         self.metric_name = dataset_info(name).metric
         self.flamby = dataset_module(name)
         if not self.metrics:  # a subclass may declare its own
             # evaluated once on a center's whole test split, as FLamby's evaluate_model_on_tests
             self.metrics = {self.metric_name: self.flamby.metric}
         self.model = self.flamby.Baseline()
-        self.loss = self.flamby.BaselineLoss()
+        loss = self.model_args.get("loss", "batched")
+        if loss not in _LOSSES:
+            raise ConfigError(f"model_args loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
+        batched = BATCHED_LOSSES.get(name) if loss == "batched" else None
+        self.loss = batched() if batched is not None else self.flamby.BaselineLoss()
         spec = self.model_args.get("optimizer", self.optimizer_spec)
         if spec is not None:
             self.optimizer = Optimizer.from_dict(spec)
@@ -101,7 +123,81 @@ class FlambyTrainingPlan(TorchTrainingPlan):
 
     def train(self, dataset: Dataset, args: TrainingArgs) -> Any:
         self._check_dataset(dataset)
-        return super().train(dataset, args)
+        if self.batch_order is not None and args.num_updates is None:
+            raise ConfigError(
+                "batch_order='flamby' counts local work in batches, as FLamby does: give "
+                "num_updates, not epochs"
+            )
+        result = super().train(dataset, args)
+        self._rounds_trained += 1
+        return result
+
+    def training_batches(
+        self, data: Any, args: TrainingArgs, generator: torch.Generator | None
+    ) -> Iterator[tuple[Any, Any]]:
+        """The round's batches: fedplug's order or FLamby's (``batch_order``), indexing the split
+        read once when its items are fixed (FLamby's tabular datasets)."""
+        if not isinstance(data, Dataset) or not data.is_samples:  # a subclass's own data
+            if self.batch_order is not None:
+                raise ConfigError(
+                    "batch_order='flamby' draws from the node's FLamby dataset; this plan's "
+                    f"training_data returned {type(data).__name__}"
+                )
+            yield from super().training_batches(data, args, generator)
+            return
+        if self.batch_order is not None:
+            round_index = self._rounds_trained if self.round_index is None else self.round_index
+            indices = self._flamby_order(data, args).batches(round_index)
+        else:
+            indices = loader_batches(
+                len(data), args.batch_size, args.num_steps(len(data)), generator
+            )
+        split = self._read_once(data)
+        if split is None:  # items that may differ between reads: FLamby's own __getitem__
+            loader = torch.utils.data.DataLoader(
+                data.x, batch_sampler=[i.tolist() for i in indices], collate_fn=data.collate_fn
+            )
+            for xb, yb, *_ in loader:
+                check_interrupt()
+                yield xb.to(self.device), yb.to(self.device)
+            return
+        x, y = split
+        for index in indices:
+            check_interrupt()
+            index = index.to(self.device)
+            yield x[index], y[index]
+
+    def _read_once(self, data: Dataset) -> tuple[Any, Any] | None:
+        """``data``'s items as two tensors on the training device, read once (None: a dataset
+        whose items may change between reads, or not FLamby's tensors)."""
+        name = data.meta.get("flamby_dataset", self.dataset_name)
+        if name not in DATASETS or not DATASETS[name].fixed_items:
+            return None
+        if self._split is None or self._split[0] is not data or self._split[1] != self.device:
+            x, y = materialize(data.x, data.collate_fn)
+            if not (torch.is_tensor(x) and torch.is_tensor(y)):
+                return None
+            self._split = (data, self.device, x.to(self.device), y.to(self.device))
+        return self._split[2], self._split[3]
+
+    def _flamby_order(self, data: Dataset, args: TrainingArgs) -> FlambyOrder:
+        order = self.batch_order
+        centers = [center for center, _ in order["centers"]]
+        center = data.meta.get("center")
+        if center not in centers:
+            raise ConfigError(
+                f"batch_order='flamby' lists centers {centers}, and this node's dataset "
+                f"{data.name!r} is center {center!r}"
+            )
+        position = centers.index(center)
+        sizes = tuple(size for _, size in order["centers"])
+        if sizes[position] != len(data):
+            raise ConfigError(
+                f"batch_order='flamby' expects center {center} to train on {sizes[position]} "
+                f"samples, and {data.name!r} has {len(data)}: FLamby's order needs every "
+                "center's whole train split, as FLamby reads it"
+            )
+        return FlambyOrder(order["seed"], sizes, position, args.batch_size, args.num_updates)
 
     def evaluate(self, dataset: Dataset, args: TrainingArgs) -> dict[str, float]:
         """The dataset's ``metric`` (and the loss) on all of ``dataset``'s predictions at once

@@ -1,5 +1,5 @@
 """fedplug-flamby's plugin module (entry point ``flamby``): FLamby plans, the ``flamby``
-dataset type and FLamby's FedAdam/FedYogi server steps as optimizer modules.
+dataset type and FLamby's FedAdam/FedYogi server steps and Scaffold as optimizer plug-ins.
 
 Importing this module is cheap: FLamby and torch are imported when a plan or dataset is used.
 """
@@ -35,6 +35,7 @@ def fedplug_register_optimizer_modules(register: Register) -> None:
     # import paths: declearn is imported when the module is first used
     register("flamby-adam", "fedplug_flamby.fedopt:FlambyAdamModule")
     register("flamby-yogi", "fedplug_flamby.fedopt:FlambyYogiModule")
+    register("flamby-scaffold", "fedplug_flamby.fedopt:FlambyScaffoldRegularizer")
 
 
 @hookimpl

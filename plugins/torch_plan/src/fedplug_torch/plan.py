@@ -82,8 +82,9 @@ class TorchTrainingPlan(TrainingPlan):
     ``self.model``, ``self.loss`` and optionally ``self.optimizer`` (a ``torch.optim`` optimizer
     over ``self.parameters()``, or a :class:`fedplug.Optimizer`; default: SGD at the ``lr``
     training argument). Override :meth:`training_step` for anything beyond ``loss(model(x), y)``,
-    and :meth:`training_data` to train on something other than the node's tagged dataset (it may
-    return a ``torch.utils.data.DataLoader``).
+    :meth:`training_data` to train on something other than the node's tagged dataset (it may
+    return a ``torch.utils.data.DataLoader``), and :meth:`training_batches` to draw the batches
+    otherwise.
 
     Evaluation: a plan declares its metrics in :attr:`metrics` (``{"auc": roc_auc_score}``,
     FLamby's ``{"c_index": metric}``), computed once on a whole split's predictions; without
@@ -210,9 +211,12 @@ class TorchTrainingPlan(TrainingPlan):
             self._tensors[id(dataset)] = cached
         return cached[1], cached[2]
 
-    def _batches(
+    def training_batches(
         self, data: Any, args: TrainingArgs, generator: torch.Generator | None
     ) -> Iterator[tuple[Any, Any]]:
+        """The round's training batches ``(x, y)`` on the plan's device, ``args.num_steps``
+        of them, from :meth:`training_data`'s ``data``: shuffled each pass with ``generator``
+        (the round's seed; None: torch's global generator). Override to batch otherwise."""
         steps = None
         if isinstance(data, Dataset) and data.is_samples:
             data = sample_loader(data, args.batch_size, shuffle=True, generator=generator)
@@ -265,7 +269,7 @@ class TorchTrainingPlan(TrainingPlan):
         model.train()
         total = torch.zeros((), device=self.device)
         steps = 0
-        for xb, yb in self._batches(data, args, generator):
+        for xb, yb in self.training_batches(data, args, generator):
             if declearn_step:
                 model.zero_grad(set_to_none=True)
             else:
