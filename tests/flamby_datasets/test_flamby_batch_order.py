@@ -165,3 +165,159 @@ def test_fedplug_gives_flambys_own_result_for_every_seed(tcga_license, algorithm
         assert set(ours) == set(theirs)
         for key in theirs:
             np.testing.assert_allclose(ours[key], theirs[key], rtol=0, atol=1e-6, err_msg=key)
+
+
+# -- the batched Cox loss -------------------------------------------------------------------------
+def cox_batches(count=400, seed=0):
+    rng = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        n = int(torch.randint(1, 12, (), generator=rng))
+        scores = torch.randn(n, 1, generator=rng) * 3
+        event = (torch.rand(n, generator=rng) < 0.3).float()
+        time = torch.randint(0, 6, (n,), generator=rng).float()  # equal times: the stable order
+        yield scores, torch.stack([event, time], dim=1)
+
+
+def value_and_grad(loss_fn, scores, truth):
+    scores = scores.clone().requires_grad_()
+    value = loss_fn(scores, truth)
+    value.backward()
+    return value.detach(), scores.grad
+
+
+def test_the_batched_cox_loss_is_flambys_up_to_rounding_with_its_exact_zeros(tcga_license):
+    from flamby.datasets.fed_tcga_brca import BaselineLoss
+
+    from fedplug_flamby.losses import CoxLoss
+
+    zeros = 0
+    for scores, truth in cox_batches():
+        theirs, their_grad = value_and_grad(BaselineLoss(), scores, truth)
+        ours, our_grad = value_and_grad(CoxLoss(), scores, truth)
+        assert ours.dtype == theirs.dtype and our_grad.shape == their_grad.shape
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(our_grad, their_grad, rtol=1e-5, atol=1e-7)
+        # records after the last event of the sorted batch: no gradient at all, in both
+        order = sorted(range(len(truth)), key=lambda i: -float(truth[i, 1]))
+        events = [k for k, i in enumerate(order) if truth[i, 0] == 1]
+        after = [i for k, i in enumerate(order) if not events or k > events[-1]]
+        assert all(their_grad[i] == 0 and our_grad[i] == 0 for i in after)
+        zeros += len(after)
+    assert zeros > 100  # the case was exercised
+
+
+def test_the_batched_cox_loss_promotes_as_flambys_stack(tcga_license):
+    from flamby.datasets.fed_tcga_brca import BaselineLoss
+
+    from fedplug_flamby.losses import CoxLoss
+
+    scores, truth = next(cox_batches(count=1, seed=3))
+    truth = truth.double()  # float64 truth: FLamby's stack computes in float64
+    theirs, their_grad = value_and_grad(BaselineLoss(), scores, truth)
+    ours, our_grad = value_and_grad(CoxLoss(), scores, truth)
+    assert theirs.dtype == ours.dtype == torch.float64
+    assert our_grad.dtype == their_grad.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_the_plan_trains_with_the_batched_loss_unless_told_otherwise(tcga_license):
+    from flamby.datasets.fed_tcga_brca import BaselineLoss
+
+    from fedplug_flamby import flamby_plan
+    from fedplug_flamby.losses import CoxLoss
+
+    plan_class = flamby_plan(DATASET)
+    assert isinstance(plan_class().loss, CoxLoss)
+    assert isinstance(plan_class({"loss": "flamby"}).loss, BaselineLoss)
+    with pytest.raises(Exception, match="model_args loss must be one of batched, flamby"):
+        plan_class({"loss": "fast"})
+
+
+# -- settings refused with the fix ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_order": "flamby"}, "give seed="),
+        ({"batch_order": "flamby", "seed": 0, "epochs": 1}, "give num_updates, not epochs"),
+        ({"batch_order": "random", "seed": 0}, "batch_order must be one of fedplug, flamby"),
+        ({"hyperparameters": "flamby"}, "applies to an algorithm"),
+        ({"hyperparameters": "flamby", "algorithm": "fedavgm"}, "not of 'fedavgm'"),
+        ({"hyperparameters": "best", "algorithm": "fedavg"}, "must be 'fedplug' or 'flamby'"),
+        ({"model_args": {"batch_order": "flamby"}}, "give batch_order as flamby_experiment's"),
+    ],
+)
+def test_reproduction_settings_are_checked_before_anything_runs(tcga_license, options, message):
+    from fedplug_flamby import flamby_experiment
+
+    with pytest.raises(Exception, match=message):
+        flamby_experiment(DATASET, 10, progress=False, **options)
+
+
+def test_a_plan_given_another_centers_order_refuses_to_train(tcga_license):
+    """A node whose split is not the size the researcher counted would draw other batches:
+    it says so instead of training on a stream that is not FLamby's."""
+    from fedplug import TrainingArgs
+    from fedplug_flamby import flamby_nodes, flamby_plan
+
+    node = flamby_nodes(DATASET, [5])[0]
+    try:
+        order = {"order": "flamby", "seed": 0, "centers": [[5, 41]]}
+        plan = flamby_plan(DATASET)({"batch_order": order})
+        args = TrainingArgs.from_dict({"batch_size": 8, "num_updates": 3})
+        with pytest.raises(Exception, match="expects center 5 to train on 41 samples"):
+            plan.train(node.datasets[0], args)
+        plan = flamby_plan(DATASET)({"batch_order": {**order, "centers": [[0, 248]]}})
+        with pytest.raises(Exception, match=r"lists centers \[0\], and this node's dataset"):
+            plan.train(node.datasets[0], args)
+    finally:
+        node.stop()
+
+
+def test_deployed_centers_are_counted_from_the_researchers_flamby(tcga_license):
+    """With deployed nodes the researcher counts each center's train split itself."""
+    from fedplug_flamby.experiment import _train_sizes
+
+    assert _train_sizes(DATASET, None, [DATASET], False) == [
+        [0, 248],
+        [1, 156],
+        [2, 164],
+        [3, 129],
+        [4, 129],
+        [5, 40],
+    ]
+
+
+@pytest.mark.parametrize("order", ["fedplug", "flamby"])
+def test_a_split_read_once_trains_as_flambys_item_by_item_reads(tcga_license, monkeypatch, order):
+    """Tabular centers are read once and batched by index; the model trained is the one that
+    FLamby's __getitem__ through a DataLoader gives, batch for batch."""
+    import dataclasses
+
+    from fedplug import TrainingArgs
+    from fedplug_flamby import datasets, flamby_nodes, flamby_plan
+
+    node = flamby_nodes(DATASET, [5])[0]
+    data = node.datasets[0]
+    model_args = {}
+    if order == "flamby":
+        model_args["batch_order"] = {"order": "flamby", "seed": 3, "centers": [[5, len(data)]]}
+    args = TrainingArgs.from_dict({"batch_size": 8, "num_updates": 12, "seed": 11})
+
+    def trained(fixed_items: bool):
+        info = dataclasses.replace(datasets.DATASETS[DATASET], fixed_items=fixed_items)
+        monkeypatch.setitem(datasets.DATASETS, DATASET, info)
+        torch.manual_seed(0)
+        plan = flamby_plan(DATASET)(model_args)
+        for round_index in range(3):
+            plan.round_index = round_index
+            plan.train(data, args)
+        return plan, plan.get_parameters()
+
+    try:
+        once, read_once = trained(True)
+        every, read_each_time = trained(False)
+    finally:
+        node.stop()
+    assert once._split is not None and every._split is None  # the paths taken
+    for key in read_once:
+        np.testing.assert_array_equal(read_once[key], read_each_time[key])

@@ -25,7 +25,11 @@ class ModelAdapter(Protocol):
         """Add a declearn ``Vector`` of updates to the weights, in place."""
 
     def gradients(self) -> Any:
-        """The gradients of the last backward pass, as a declearn ``Vector``."""
+        """The gradients of the last backward pass, as a declearn ``Vector``.
+
+        An adapter may also offer ``sgd_step(lr)``: subtract ``lr * gradient`` from each weight
+        in place, computed as declearn computes it (``lr * g``, then added negated), which
+        :meth:`fedplug.Optimizer.step` uses for plain SGD."""
 
 
 class NumpyAdapter:

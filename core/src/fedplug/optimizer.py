@@ -357,9 +357,20 @@ class Optimizer:
             setattr(optim, attr, current)
 
     def step(self, model: Any, plugin_manager: FedplugPluginManager | None = None) -> None:
-        """Apply one update to ``model`` from the gradients of its last backward pass."""
+        """Apply one update to ``model`` from the gradients of its last backward pass.
+
+        Plain SGD (no module, no regularizer, no weight decay at this step) on an adapter with
+        ``sgd_step(lr)`` is applied by the adapter in place, the same arithmetic as declearn's
+        ``params + (-1.0 * (lr * grads))`` without building declearn vectors (a small model's
+        step costs several times less); the rates then move on as declearn's do."""
         adapter = self.adapter(model, plugin_manager)
-        self._optim.apply_gradients(adapter, adapter.gradients())
+        optim = self._optim
+        sgd_step = getattr(adapter, "sgd_step", None)
+        if sgd_step is not None and not (optim.modules or optim.regularizers or optim.w_decay):
+            sgd_step(optim.lrate)
+            optim._update_rates()
+            return
+        optim.apply_gradients(adapter, adapter.gradients())
 
     # -- researcher side ------------------------------------------------------------------------
     def step_global(self, global_params: Params, aggregated: Params) -> Params:

@@ -33,6 +33,15 @@ class TorchAdapter:
             for name, update in updates.coefs.items():
                 self.params[name].add_(update)
 
+    def sgd_step(self, lr: float) -> None:
+        """``p -= lr * p.grad`` in place: declearn's plain SGD step, bit for bit (its update
+        ``-1.0 * (lr * g)`` added is ``lr * g`` subtracted); a parameter without a gradient
+        stays as it is, as declearn's zero update leaves it."""
+        with torch.no_grad():
+            for p in self.params.values():
+                if p.grad is not None:
+                    p.sub_(p.grad * lr)
+
     def gradients(self) -> Any:
         from declearn.model.torch import TorchVector
 
