@@ -4,9 +4,11 @@
 Usage: ``python bench/flamby_tuning.py [--accept-license] [--quick]`` (FLamby with its ``tcga``
 extra importable; ``PYTHONPATH=tests/flamby_double`` in this repository).
 
-1. **Validation split.** Each center's train split is shuffled once (numpy seed 2024) and cut
-   into 80 % to train on and 20 % to validate on. The centers' test splits are not read while
-   tuning.
+1. **Validation split.** Each center's train split is cut once (numpy seed 2024) into 80 % to
+   train on and 20 % to validate on, stratified by event (20 % of the deaths, at least one, and
+   20 % of the censored records, redrawn, with one more event held out if need be, until an
+   event precedes another record's time: a C-index needs such a pair to rank). The centers'
+   test splits are not read while tuning.
 2. **Grid.** For each algorithm of ``fedplug_flamby.ALGORITHMS``: the client learning rate in
    {0.01, 0.03, 0.1, 0.3} and, where the algorithm has one, its server rate or FedProx's mu (see
    ``GRID``); FLamby's budget (100 local updates, 5 rounds). Each setting is trained with tuning
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import statistics
 import sys
 import time
@@ -84,7 +87,8 @@ def specs(algorithm: str, lr: float, second: float | None) -> tuple[dict, dict |
 
 
 def validation_nodes(accept_license: bool) -> list[Node]:
-    """One node per center holding 80 % of its train split, validating on the other 20 %."""
+    """One node per center holding 80 % of its train split, validating on the other 20 %
+    (stratified by event)."""
     from torch.utils.data import Subset
 
     from fedplug_flamby.datasets import center_datasets, dataset_info
@@ -93,12 +97,13 @@ def validation_nodes(accept_license: bool) -> list[Node]:
     rng = np.random.default_rng(SPLIT_SEED)
     for center in range(6):
         train, _, module = center_datasets(DATASET, center, accept_license=accept_license)
-        order = rng.permutation(len(train))
-        cut = round(len(train) * (1 - VALIDATION))
+        truth = np.array([train[i][1].numpy() for i in range(len(train))])
+        events = truth[:, 0] == 1.0
+        held, kept = split(truth, events, rng)
         meta = {"flamby_dataset": DATASET, "center": center}
         metrics = {dataset_info(DATASET).metric: module.metric}
         held_out = Dataset(
-            Subset(train, order[cut:].tolist()),
+            Subset(train, sorted(held)),
             None,
             [DATASET],
             f"center{center}:validation",
@@ -106,7 +111,7 @@ def validation_nodes(accept_license: bool) -> list[Node]:
             metrics=metrics,
         )
         fit = Dataset(
-            Subset(train, order[:cut].tolist()),
+            Subset(train, sorted(kept)),
             None,
             [DATASET],
             f"center{center}:fit",
@@ -116,6 +121,24 @@ def validation_nodes(accept_license: bool) -> list[Node]:
         )
         nodes.append(Node(f"center{center}", fit))
     return nodes
+
+
+def split(truth: np.ndarray, events: np.ndarray, rng: np.random.Generator) -> tuple[list, list]:
+    """(validation, training) record indices: ``VALIDATION`` of the events (at least one) and of
+    the censored records, redrawn, with one more event held out after 200 draws, until an event
+    precedes another held-out record's time (a pair the C-index can rank)."""
+    for extra in range(int(events.sum())):
+        for _ in range(200):
+            held, kept = [], []
+            for group, more in ((np.flatnonzero(events), extra), (np.flatnonzero(~events), 0)):
+                group = rng.permutation(group)
+                cut = max(1, math.ceil(len(group) * VALIDATION)) + more
+                held += group[:cut].tolist()
+                kept += group[cut:].tolist()
+            times, died = truth[held, 1], events[held]
+            if any(died[i] and (times > times[i]).any() for i in range(len(held))):
+                return held, kept
+    raise ValueError("no validation split of this center has a pair the C-index can rank")
 
 
 def score(nodes: list[Node], seed: int, **options: Any) -> float:

@@ -321,3 +321,35 @@ def test_a_split_read_once_trains_as_flambys_item_by_item_reads(tcga_license, mo
     assert once._split is not None and every._split is None  # the paths taken
     for key in read_once:
         np.testing.assert_array_equal(read_once[key], read_each_time[key])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
+def test_on_a_gpu_the_split_lives_there_and_the_run_is_the_cpus(tcga_license):
+    from fedplug_flamby import flamby_experiment, flamby_nodes
+
+    nodes = flamby_nodes(DATASET)
+    runs = {}
+    try:
+        for device in ("cpu", "cuda"):
+            with flamby_experiment(
+                DATASET,
+                20,
+                round_limit=2,
+                algorithm="fedavg",
+                batch_order="flamby",
+                seed=1,
+                nodes=nodes,
+                validate=False,
+                progress=False,
+                training_args={"device": device},
+            ) as exp:
+                exp.run()
+                runs[device] = {k: np.asarray(v) for k, v in exp.global_params.items()}
+                plan = exp.transport.nodes["center0"]._sessions
+        split = next(iter(plan.values())).plan._split
+        assert split[2].device.type == "cuda"  # the center's tensors, read once, on the GPU
+    finally:
+        for node in nodes:
+            node.stop()
+    for key in runs["cpu"]:
+        np.testing.assert_allclose(runs["cuda"][key], runs["cpu"][key], rtol=0, atol=1e-5)

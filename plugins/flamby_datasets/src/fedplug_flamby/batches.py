@@ -3,7 +3,8 @@
 **Materialized data.** FLamby's tabular datasets (``FlambyDatasetInfo.fixed_items``: an item is
 the same on every read) are read item by item through FLamby's ``__getitem__`` once per node and
 kept as two tensors (on the training device, a GPU's memory included); a batch is then an index
-into them, the same values a ``DataLoader`` would collate, without a Python call per sample.
+into them, the same values a ``DataLoader`` would collate, without a Python call per sample. A
+dataset module with its own ``collate_fn`` keeps batching through it.
 
 **fedplug's order** (the default): each round starts a fresh pass, shuffled by the round's seed,
 exactly as ``DataLoader(dataset, batch_size, shuffle=True, generator=generator)`` would draw it
@@ -149,9 +150,8 @@ def parse_order(value: Any) -> dict[str, Any] | None:
     return {"order": "flamby", "seed": seed, "centers": [list(pair) for pair in centers]}
 
 
-def materialize(samples: Any, collate_fn: Any = None) -> tuple[Any, Any]:
-    """All of ``samples`` (a torch dataset of ``(x, y)`` items) collated as one batch."""
-    collate = collate_fn or default_collate
-    items = [samples[i] for i in range(len(samples))]
-    x, y = collate(items)[:2]
+def materialize(samples: Any) -> tuple[Any, Any]:
+    """All of ``samples`` (a torch dataset of ``(x, y)`` items) stacked as one batch (torch's
+    ``default_collate``, which stacks item by item: indexing the result gives any batch's)."""
+    x, y = default_collate([samples[i] for i in range(len(samples))])[:2]
     return x, y

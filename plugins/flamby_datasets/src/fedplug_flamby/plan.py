@@ -169,12 +169,15 @@ class FlambyTrainingPlan(TorchTrainingPlan):
 
     def _read_once(self, data: Dataset) -> tuple[Any, Any] | None:
         """``data``'s items as two tensors on the training device, read once (None: a dataset
-        whose items may change between reads, or not FLamby's tensors)."""
+        whose items may change between reads, one with its own ``collate_fn``, or not FLamby's
+        tensors)."""
         name = data.meta.get("flamby_dataset", self.dataset_name)
         if name not in DATASETS or not DATASETS[name].fixed_items:
             return None
+        if data.collate_fn is not None:  # a batch is what it makes of its samples: per batch
+            return None
         if self._split is None or self._split[0] is not data or self._split[1] != self.device:
-            x, y = materialize(data.x, data.collate_fn)
+            x, y = materialize(data.x)
             if not (torch.is_tensor(x) and torch.is_tensor(y)):
                 return None
             self._split = (data, self.device, x.to(self.device), y.to(self.device))
