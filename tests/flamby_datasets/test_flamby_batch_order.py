@@ -220,16 +220,24 @@ def test_the_batched_cox_loss_promotes_as_flambys_stack(tcga_license):
     torch.testing.assert_close(ours, theirs)
 
 
-def test_the_plan_trains_with_the_batched_loss_unless_told_otherwise(tcga_license):
+def test_the_plan_batches_the_loss_unless_its_optimizer_is_adaptive(tcga_license):
+    """Batched where rounding stays rounding (SGD, with or without FedProx or Scaffold); FLamby's
+    own operations under Adam, which makes full steps of rounding-sized gradients."""
     from flamby.datasets.fed_tcga_brca import BaselineLoss
 
     from fedplug_flamby import flamby_plan
     from fedplug_flamby.losses import CoxLoss
 
     plan_class = flamby_plan(DATASET)
-    assert isinstance(plan_class().loss, CoxLoss)
-    assert isinstance(plan_class({"loss": "flamby"}).loss, BaselineLoss)
-    with pytest.raises(Exception, match="model_args loss must be one of batched, flamby"):
+    sgd = {"lr": 0.1, "regularizers": [["fedprox", {"alpha": 0.1}]]}
+    assert isinstance(plan_class().loss, BaselineLoss)  # the dataset's own: Adam at 0.1
+    assert isinstance(plan_class({"optimizer": sgd}).loss, CoxLoss)
+    assert isinstance(
+        plan_class({"optimizer": {"lr": 0.1, "modules": ["adam"]}}).loss, BaselineLoss
+    )
+    assert isinstance(plan_class({"loss": "batched"}).loss, CoxLoss)
+    assert isinstance(plan_class({"optimizer": sgd, "loss": "flamby"}).loss, BaselineLoss)
+    with pytest.raises(Exception, match="model_args loss must be one of auto, batched, flamby"):
         plan_class({"loss": "fast"})
 
 

@@ -36,7 +36,18 @@ from fedplug_flamby.losses import BATCHED_LOSSES
 from fedplug_torch.plan import TorchTrainingPlan
 
 _MODEL_ARGS = ("dataset", "optimizer", "batch_order", "loss")
-_LOSSES = ("batched", "flamby")
+_LOSSES = ("auto", "batched", "flamby")
+#: declearn modules that scale each coordinate by its own gradient history
+_ADAPTIVE_MODULES = frozenset({"adam", "yogi", "adagrad", "rmsprop", "flamby-adam", "flamby-yogi"})
+
+
+def adaptive(optimizer: Any) -> bool:
+    """True for an optimizer that scales each coordinate by its own gradient history (Adam,
+    Yogi, AdaGrad, RMSprop; any torch optimizer but SGD): one that turns a gradient of float
+    rounding's size into a full step."""
+    if isinstance(optimizer, Optimizer):
+        return bool(_ADAPTIVE_MODULES & set(optimizer.module_names))
+    return not isinstance(optimizer, torch.optim.SGD)
 
 
 class FlambyTrainingPlan(TorchTrainingPlan):
@@ -45,9 +56,13 @@ class FlambyTrainingPlan(TorchTrainingPlan):
     - ``dataset``: the FLamby dataset (unless the class fixes it in ``flamby_dataset``);
     - ``optimizer``: a :class:`fedplug.Optimizer` spec (``Optimizer.to_dict()``) to train with
       instead of the dataset's ``Optimizer(lr=LR)``;
-    - ``loss``: ``"batched"`` (the default: the dataset's ``BaselineLoss`` computed for a whole
-      batch at once where FLamby loops over its records, :mod:`fedplug_flamby.losses`; equal
-      up to float rounding) or ``"flamby"`` (the dataset's own ``BaselineLoss``);
+    - ``loss``: ``"batched"`` (the dataset's ``BaselineLoss`` computed for a whole batch at once
+      where FLamby loops over its records, :mod:`fedplug_flamby.losses`; equal up to float
+      rounding), ``"flamby"`` (the dataset's own ``BaselineLoss``) or ``"auto"`` (the default:
+      batched, unless the optimizer is adaptive (:func:`adaptive`: Adam, the dataset's own for
+      Fed-TCGA-BRCA, turns gradients of float rounding's size, which FLamby's loop leaves at
+      exactly zero or not, into full steps: there only FLamby's own operations give FLamby's
+      numbers);
     - ``batch_order``: ``"fedplug"`` (the default: a fresh pass per round, shuffled by the
       round's seed) or FLamby's (:class:`~fedplug_flamby.batches.FlambyOrder`, as
       ``flamby_experiment(batch_order="flamby")`` fills it in).
@@ -94,16 +109,18 @@ class FlambyTrainingPlan(TorchTrainingPlan):
             # evaluated once on a center's whole test split, as FLamby's evaluate_model_on_tests
             self.metrics = {self.metric_name: self.flamby.metric}
         self.model = self.flamby.Baseline()
-        loss = self.model_args.get("loss", "batched")
-        if loss not in _LOSSES:
-            raise ConfigError(f"model_args loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
-        batched = BATCHED_LOSSES.get(name) if loss == "batched" else None
-        self.loss = batched() if batched is not None else self.flamby.BaselineLoss()
         spec = self.model_args.get("optimizer", self.optimizer_spec)
         if spec is not None:
             self.optimizer = Optimizer.from_dict(spec)
         else:
             self.optimizer = self.flamby.Optimizer(self.parameters(), lr=self.flamby.LR)
+        loss = self.model_args.get("loss", "auto")
+        if loss not in _LOSSES:
+            raise ConfigError(f"model_args loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
+        if loss == "auto":  # batched where float rounding cannot be amplified
+            loss = "flamby" if adaptive(self.optimizer) else "batched"
+        batched = BATCHED_LOSSES.get(name) if loss == "batched" else None
+        self.loss = batched() if batched is not None else self.flamby.BaselineLoss()
         # ``Optimizer`` is fedplug's in a shipped subclass, as where the researcher wrote it
         # (FLamby's is ``self.flamby.Optimizer``)
         self.add_dependency(
