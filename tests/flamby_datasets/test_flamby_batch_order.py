@@ -7,6 +7,7 @@ order, the batched Cox loss, FLamby's Scaffold as a regularizer, the split read 
 from __future__ import annotations
 
 import copy
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -100,7 +101,8 @@ def test_fedplugs_own_order_is_what_a_seeded_dataloader_draws():
 # -- FLamby's strategies, seed for seed -----------------------------------------------------------
 def flamby_strategy(name, seed, num_updates, nrounds, **options):
     """FLamby's benchmark for one strategy: the model made right after set_seed(seed), the
-    strategy built over shuffled DataLoaders, set_seed(seed) again, run()."""
+    strategy built over shuffled DataLoaders, set_seed(seed) again, run(). On the CPU, as on a
+    machine without a GPU (FLamby's clients move to cuda:0 whenever torch sees one)."""
     import flamby.strategies as strategies
     from flamby.benchmarks.benchmark_utils import set_seed
     from flamby.datasets import fed_tcga_brca as flamby
@@ -115,15 +117,16 @@ def flamby_strategy(name, seed, num_updates, nrounds, **options):
     ]
     cls = {"fedavg": strategies.FedAvg, "fedprox": strategies.FedProx}.get(name)
     cls = cls or strategies.Scaffold
-    strategy = cls(
-        loaders,
-        copy.deepcopy(init),
-        flamby.BaselineLoss(),
-        torch.optim.SGD,
-        num_updates=num_updates,
-        nrounds=nrounds,
-        **options,
-    )
+    with mock.patch.object(torch.cuda, "is_available", return_value=False):
+        strategy = cls(
+            loaders,
+            copy.deepcopy(init),
+            flamby.BaselineLoss(),
+            torch.optim.SGD,
+            num_updates=num_updates,
+            nrounds=nrounds,
+            **options,
+        )
     set_seed(seed)
     model = strategy.run()[0]
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
@@ -353,8 +356,8 @@ def test_on_a_gpu_the_split_lives_there_and_the_run_is_the_cpus(tcga_license):
             ) as exp:
                 exp.run()
                 runs[device] = {k: np.asarray(v) for k, v in exp.global_params.items()}
-                plan = exp.transport.nodes["center0"]._sessions
-        split = next(iter(plan.values())).plan._split
+                sessions = exp.transport.nodes["center0"]._sessions
+        split = list(sessions.values())[-1].plan._split  # the last experiment's: on the GPU
         assert split[2].device.type == "cuda"  # the center's tensors, read once, on the GPU
     finally:
         for node in nodes:
