@@ -181,7 +181,7 @@ def config_table(presets: dict[str, dict], flamby: dict[str, dict], published: d
         [name, cell(presets[name]), cell(flamby[name]), f"{published[name]:.3f}"]
         for name in FLAMBY_ALGORITHMS
     ]
-    headers = ["algorithm", "fedplug preset", "as FLamby's own run", "FLamby published"]
+    headers = ["algorithm", "preset", "as FLamby's own run", "FLamby published"]
     return format_table(headers, rows)
 
 
@@ -354,7 +354,7 @@ def speed_table(result: dict[str, Any]) -> str:
         )
     rows += [
         [
-            "fedplug preset + validation each round",
+            "fedplug's preset, validating each round",
             f"{result['fedplug_round_s']:.4f}",
             "-",
             f"train {parts['train_s']:.4f}, aggregate {parts['aggregate_s']:.5f}, "
