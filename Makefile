@@ -6,7 +6,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PLUGINS := plugins/torch_plan plugins/sklearn_plan plugins/flamby_datasets plugins/secagg \
-	plugins/grpc plugins/demo plugins/tensorboard plugins/mlflow
+	plugins/grpc plugins/demo plugins/tensorboard plugins/mlflow plugins/ray
 PYPROJECTS := core/pyproject.toml $(foreach d,$(PLUGINS),$(d)/pyproject.toml)
 STAMP := $(VENV)/.fedplug-installed
 

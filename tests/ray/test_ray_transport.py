@@ -1,0 +1,117 @@
+"""The ``ray`` transport on a real two-node Ray cluster: clients spread over both Ray nodes, the
+same model as the local transport, clients made on the cluster by a factory, an actor killed
+mid-round, and nothing left behind (the fixture checks it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+from fedplug_ray.clients import TAGS, synthetic_client
+
+from fedplug import Experiment
+
+SETTINGS = {
+    "tags": TAGS,
+    "training_plan": "numpy-logreg",
+    "model_args": {"n_features": 20, "n_classes": 2},
+    "training_args": {"epochs": 1, "batch_size": 16, "lr": 0.1},
+    "seed": 3,
+    "progress": False,
+}
+
+
+def run(transport, options=None, nodes=None, rounds=3, **extra):
+    with Experiment(
+        nodes=nodes,
+        transport=transport,
+        transport_options=options,
+        round_limit=rounds,
+        **{**SETTINGS, **extra},
+    ) as exp:
+        history = exp.run()
+        return exp, history, {k: np.array(v) for k, v in exp.global_params.items()}
+
+
+def test_ray_clients_spread_over_the_cluster_and_train_the_local_model(ray_cluster):
+    nodes = [synthetic_client(i) for i in range(12)]
+    exp, history, on_ray = run("ray", {"address": ray_cluster, "actors": 4}, nodes=nodes)
+    where = exp.transport.where  # where each actor ran: both Ray nodes (2 CPUs each)
+    _, _, local = run("local", nodes=[synthetic_client(i) for i in range(12)])
+    assert len(history) == 3 and all(len(row["nodes"]) == 12 for row in history)
+    for key in local:  # the same requests, replies folded in the same order: the same bits
+        np.testing.assert_array_equal(on_ray[key], local[key])
+    assert len(where) == 4 and len({w["ray_node"] for w in where}) == 2
+
+
+def test_clients_made_on_the_cluster_by_a_factory(ray_cluster):
+    """10x more clients than actors, built in the actors from their ids: the researcher sees
+    only their names and tags, and trains the same model as with the clients built here."""
+    options = {
+        "address": ray_cluster,
+        "clients": "fedplug_ray.clients:synthetic_client",
+        "num_clients": 40,
+        "actors": 4,
+    }
+    exp, history, on_cluster = run("ray", options, rounds=2)
+    tags = exp.transport.node_tags()
+    assert sorted(tags) == sorted(f"client{i}" for i in range(40))
+    assert all(value == [TAGS] for value in tags.values())
+    assert len(history[-1]["nodes"]) == 40
+    _, _, here = run("local", nodes=[synthetic_client(i) for i in range(40)], rounds=2)
+    for key in here:
+        np.testing.assert_array_equal(on_cluster[key], here[key])
+
+
+def test_an_actor_killed_mid_round_fails_its_clients_and_comes_back(ray_cluster):
+    """Killing an actor's process while a round runs fails that actor's clients not yet served
+    (on_node_failure='skip' continues with the rest); Ray starts the actor again, which builds
+    its clients again, and all of them train in the next rounds."""
+    options = {
+        "address": ray_cluster,
+        "clients": "fedplug_ray.clients:synthetic_client",
+        "num_clients": 16,
+        "actors": 4,
+    }
+    share = {f"client{i}" for i in (1, 5, 9, 13)}  # actor 1's clients (client i -> actor i % 4)
+    with Experiment(
+        transport="ray",
+        transport_options=options,
+        round_limit=3,
+        on_node_failure="skip",
+        **{**SETTINGS, "training_args": {"epochs": 300, "batch_size": 16, "lr": 0.1}},
+    ) as exp:
+        transport = exp.transport
+        victim = transport.where[1]["pid"]
+        dispatch = transport.dispatch
+        killed = []
+
+        def kill_after_first_reply(payload, nodes, **options):
+            for item in dispatch(payload, nodes, **options):
+                if not killed:  # actor 1 is busy with its share: kill its process
+                    os.kill(victim, signal.SIGKILL)
+                    killed.append(time.monotonic())
+                yield item
+
+        transport.dispatch = kill_after_first_reply
+        history = exp.run()
+        failed = set(history[0]["failures"])
+        assert failed and failed <= share  # only the killed actor's clients, not all served
+        assert len(history[0]["nodes"]) == 16 - len(failed)
+        assert [len(row["nodes"]) for row in history[1:]] == [16, 16]
+        assert transport.describe()[1]["pid"] != victim  # a new process holds its share
+
+
+def test_secure_aggregation_over_ray_gives_the_local_model(ray_cluster):
+    """The masking protocol's extra exchanges (keys, shares) travel through the actors like any
+    request: the masked sum unmasks to the same model as on local nodes, bit for bit."""
+    options = {"address": ray_cluster, "actors": 3}
+    _, history, on_ray = run(
+        "ray", options, nodes=[synthetic_client(i) for i in range(9)], rounds=2, secagg=True
+    )
+    _, _, local = run("local", nodes=[synthetic_client(i) for i in range(9)], rounds=2, secagg=True)
+    assert [len(row["nodes"]) for row in history] == [9, 9]
+    for key in local:
+        np.testing.assert_array_equal(on_ray[key], local[key])
