@@ -115,3 +115,20 @@ def test_secure_aggregation_over_ray_gives_the_local_model(ray_cluster):
     assert [len(row["nodes"]) for row in history] == [9, 9]
     for key in local:
         np.testing.assert_array_equal(on_ray[key], local[key])
+
+
+def test_a_sample_of_the_clients_each_round(ray_cluster):
+    """clients_per_round on Ray: each round asks only its seeded sample of the 40 clients, and the
+    model is the local transport's for the same samples."""
+    options = {
+        "address": ray_cluster,
+        "clients": "fedplug_ray.clients:synthetic_client",
+        "num_clients": 40,
+    }
+    _, history, on_ray = run("ray", options, rounds=3, clients_per_round=0.25)
+    nodes = [synthetic_client(i) for i in range(40)]
+    _, local_history, local = run("local", nodes=nodes, rounds=3, clients_per_round=0.25)
+    assert [sorted(r["nodes"]) for r in history] == [sorted(r["nodes"]) for r in local_history]
+    assert all(len(row["nodes"]) == 10 for row in history)
+    for key in local:
+        np.testing.assert_array_equal(on_ray[key], local[key])

@@ -14,6 +14,7 @@ transport is opened: a configuration that cannot work is refused before any node
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import uuid
 from pathlib import Path
@@ -42,6 +43,7 @@ from fedplug.experiment.config import (
     build_transport,
     check_agg_optimizer,
     check_positive,
+    check_sample_size,
     jsonable_options,
     resolve_aggregator,
     resolve_plan,
@@ -97,6 +99,11 @@ class Experiment:
         split (FLamby's), with ``test_ratio=0``.
     :param on_node_failure: ``"fail"`` stops at the first failing node, ``"skip"`` continues with
         the others as long as ``min_nodes`` replied.
+    :param clients_per_round: train only a sample of the nodes each round (cross-device
+        federations): a count (``100``) or a fraction of the nodes (``0.1``, rounded up); None
+        (the default) asks every node. The sample of round ``r`` is drawn from the seed (or, with
+        none, the experiment id) and ``r`` alone, so a run and its resumption from a checkpoint
+        draw the same; it keeps the nodes' order. Validation still asks every node.
     :param workers: local nodes trained at once (threads, or processes with ``processes``); by
         default nodes take turns in this process, the fastest on small machines.
     :param processes: run local nodes in worker processes (default: one per CPU core).
@@ -142,6 +149,7 @@ class Experiment:
         validate: bool | int | None = None,
         on_node_failure: str = "fail",
         min_nodes: int = 1,
+        clients_per_round: int | float | None = None,
         workers: int | None = None,
         processes: bool = False,
         progress: bool | None = None,
@@ -181,6 +189,7 @@ class Experiment:
             )
         self.on_node_failure = on_node_failure
         self.min_nodes = check_positive("min_nodes", min_nodes)
+        self.clients_per_round = check_sample_size(clients_per_round)
         self.progress = default_progress() if progress is None else progress
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.keep_checkpoints = check_positive("keep_checkpoints", keep_checkpoints)
@@ -225,9 +234,45 @@ class Experiment:
         try:
             self.nodes = self._select_nodes()
             self.config.nodes = list(self.nodes)
+            self._check_sample()
         except BaseException:
             self.close()
             raise
+
+    def _sample_size(self) -> int | None:
+        """How many nodes each round asks (None: all of them)."""
+        size = self.clients_per_round
+        if size is None:
+            return None
+        if isinstance(size, float):
+            return max(1, math.ceil(size * len(self.nodes)))
+        return size
+
+    def _check_sample(self) -> None:
+        size = self._sample_size()
+        if size is None:
+            return
+        if size > len(self.nodes):
+            raise ConfigError(
+                f"clients_per_round={self.clients_per_round} asks {size} nodes per round, but "
+                f"the experiment has {len(self.nodes)}"
+            )
+        if size < self.min_nodes:
+            raise ConfigError(
+                f"clients_per_round={self.clients_per_round} asks {size} nodes per round, fewer "
+                f"than min_nodes={self.min_nodes}: no round could succeed"
+            )
+
+    def round_nodes(self, index: int) -> list[str]:
+        """The nodes round ``index`` trains: all of them, or the round's seeded sample
+        (``clients_per_round``), in the experiment's node order."""
+        size = self._sample_size()
+        if size is None or size >= len(self.nodes):
+            return list(self.nodes)
+        seed = self.seed if self.seed is not None else int(self.id[:15], 16)
+        rng = np.random.default_rng([seed, index, 0x5A3])  # this round's, whatever came before
+        chosen = set(rng.choice(len(self.nodes), size=size, replace=False).tolist())
+        return [node for i, node in enumerate(self.nodes) if i in chosen]
 
     def _configure(
         self,
@@ -417,6 +462,7 @@ class Experiment:
             "validate": self.validate_every,
             "on_node_failure": self.on_node_failure,
             "min_nodes": self.min_nodes,
+            "clients_per_round": self.clients_per_round,
             "secagg": secagg,
             "transport": self._transport_settings,
             "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
@@ -473,6 +519,7 @@ class Experiment:
             "min_nodes": settings["min_nodes"],
             "checkpoint_dir": settings["checkpoint_dir"] or file.parent,
             "keep_checkpoints": settings["keep_checkpoints"],
+            "clients_per_round": settings.get("clients_per_round"),  # absent before it existed
             "plugin_manager": pm,
             "experiment_id": meta["experiment_id"],  # its folder holds its own checkpoints
         }
@@ -563,6 +610,7 @@ class Experiment:
         self.pm.hook.fedplug_round_started(round_index=index, experiment=self)
         start = time.perf_counter()
         round = TrainingRound(self._dispatch(), index, self._global, self.agg_optimizer, self.pm)
+        round.nodes = self.round_nodes(index)
         aggregated = self.fit_workflow.run_round(round)
         if params_spec(aggregated) != round.spec:
             raise AggregationError(
