@@ -26,7 +26,17 @@ def run_python(code: str) -> dict:
 
 
 #: the first-party plugin distributions' plugin names (the Makefile installs them all)
-FIRST_PARTY = ["torch", "sklearn", "flamby", "secagg", "grpc", "demo", "tensorboard", "mlflow"]
+FIRST_PARTY = [
+    "torch",
+    "sklearn",
+    "flamby",
+    "secagg",
+    "grpc",
+    "demo",
+    "tensorboard",
+    "mlflow",
+    "ray",
+]
 
 
 def test_a_numpy_experiment_runs_with_torch_and_sklearn_unimportable():

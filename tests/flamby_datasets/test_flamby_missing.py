@@ -149,7 +149,7 @@ def test_the_plugin_works_with_only_core_and_fedplug_torch(tmp_path, child_env):
         }))
         """,
         tmp_path,
-        child_env(FEDPLUG_DISABLE_PLUGINS="sklearn,secagg,grpc,demo,tensorboard,mlflow"),
+        child_env(FEDPLUG_DISABLE_PLUGINS="sklearn,secagg,grpc,demo,tensorboard,mlflow,ray"),
     )
     assert report["plugins"] == {
         **{name: [None, False] for name in DEFAULT_PLUGINS},
@@ -160,6 +160,7 @@ def test_the_plugin_works_with_only_core_and_fedplug_torch(tmp_path, child_env):
         "demo": [None, True],
         "tensorboard": [None, True],
         "mlflow": [None, True],
+        "ray": [None, True],
         "torch": [None, False],
     }
     assert report["rounds"] == 1

@@ -36,3 +36,25 @@ def synthetic_client(client_id: int) -> Node:
     return Node(
         f"client{client_id}", Dataset(x[:TRAIN], y[:TRAIN], TAGS, f"client{client_id}", test=test)
     )
+
+
+# -- the reference workload W2, client by client --------------------------------------------------
+W2_FEATURES, W2_SAMPLES, W2_SEED = 20, 50, 0
+W2_TAGS = ["w2"]
+
+
+def w2_data(client_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Client ``client_id`` of BENCHMARKS.md's W2 (50 logistic-regression samples, 20 standard
+    normal features, labels drawn from a logistic model with fixed true weights), generated from
+    the id alone, so that any number of clients can be made where they train."""
+    w_true = np.random.default_rng(W2_SEED).normal(size=W2_FEATURES)
+    rng = np.random.default_rng([W2_SEED, client_id])
+    x = rng.normal(size=(W2_SAMPLES, W2_FEATURES)).astype(np.float32)
+    p = 1.0 / (1.0 + np.exp(-(x @ w_true)))
+    return x, (rng.random(W2_SAMPLES) < p).astype(np.int64)
+
+
+def w2_client(client_id: int) -> Node:
+    """W2's client ``client_id`` as a node (``client-00042``), tagged ``w2``."""
+    x, y = w2_data(client_id)
+    return Node(f"client-{client_id:05d}", Dataset(x, y, W2_TAGS, f"client-{client_id:05d}"))
