@@ -40,6 +40,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
+# this file is ray.py: as a script, its folder comes first on sys.path and would shadow Ray's
+# package for ``import ray``
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 RESULTS = BENCH / "results" / "ray.json"
 SEED, ROUND_SEED_STEP = 0, 1_000_003
 LAYERS, LR, BATCH = [20, 2], 0.05, 10
