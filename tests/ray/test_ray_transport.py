@@ -132,3 +132,61 @@ def test_a_sample_of_the_clients_each_round(ray_cluster):
     assert all(len(row["nodes"]) == 10 for row in history)
     for key in local:
         np.testing.assert_array_equal(on_ray[key], local[key])
+
+
+def test_scaffold_auxiliary_variables_travel_through_the_actors(ray_cluster):
+    """Scaffold's client and server states ride the requests and replies as on local nodes: the
+    same model, and the clients' states kept in the actors between rounds."""
+    from fedplug import Optimizer
+
+    settings = {
+        **SETTINGS,
+        "training_plan": "torch-mlp",
+        "model_args": {
+            "layers": [20, 2],
+            "optimizer": {"type": "fedplug", "lr": 0.1, "modules": ["scaffold-client"]},
+        },
+    }
+    models = {}
+    for transport, options in (("ray", {"address": ray_cluster, "actors": 3}), ("local", None)):
+        with Experiment(
+            nodes=[synthetic_client(i) for i in range(9)],
+            transport=transport,
+            transport_options=options,
+            round_limit=3,
+            agg_optimizer=Optimizer(lr=1.0, modules=["scaffold-server"]),
+            **settings,
+        ) as exp:
+            history = exp.run()
+            assert [len(row["nodes"]) for row in history] == [9, 9, 9]
+            models[transport] = {k: np.array(v) for k, v in exp.global_params.items()}
+    for key in models["local"]:
+        np.testing.assert_array_equal(models["ray"][key], models["local"][key])
+
+
+def test_a_checkpointed_ray_experiment_resumes_on_the_cluster(ray_cluster, tmp_path):
+    """The checkpoint records the transport by name with its options (the cluster's address, the
+    client factory): load_checkpoint builds the actor pool again and finishes the run, with the
+    model of an uninterrupted one."""
+    options = {
+        "address": ray_cluster,
+        "clients": "fedplug_ray.clients:synthetic_client",
+        "num_clients": 12,
+        "actors": 2,
+    }
+    _, _, whole = run("ray", options, rounds=4)
+    with Experiment(
+        transport="ray",
+        transport_options=options,
+        round_limit=2,
+        checkpoint_dir=tmp_path,
+        **SETTINGS,
+    ) as first:
+        first.run()
+    with Experiment.load_checkpoint(tmp_path, round_limit=4) as rest:
+        assert rest.round_index == 2
+        history = rest.run()
+        resumed = {k: np.array(v) for k, v in rest.global_params.items()}
+    assert len(history) == 4
+    for key in whole:
+        np.testing.assert_array_equal(resumed[key], whole[key])
