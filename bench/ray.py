@@ -46,7 +46,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 RESULTS = BENCH / "results" / "ray.json"
 SEED, ROUND_SEED_STEP = 0, 1_000_003
 LAYERS, LR, BATCH = [20, 2], 0.05, 10
-SYSTEMS = ("floor", "fedplug-local", "fedplug-ray")
+SYSTEMS = ("floor", "fedplug-local", "fedplug-ray", "flower")
 
 
 def peak_rss_mb() -> float:
@@ -127,10 +127,94 @@ def child_fedplug(clients: int, rounds: int, transport: str) -> dict[str, Any]:
     return {"start": start, "built": built, "ends": ends}
 
 
+def w2_data_copy(client_id: int) -> tuple[Any, Any]:
+    """``fedplug_ray.clients.w2_data`` for the Flower child, whose virtual environment has no
+    fedplug (the parent checks that both give the same data before it measures)."""
+    import numpy as np
+
+    w_true = np.random.default_rng(SEED).normal(size=20)
+    rng = np.random.default_rng([SEED, client_id])
+    x = rng.normal(size=(50, 20)).astype(np.float32)
+    p = 1.0 / (1.0 + np.exp(-(x @ w_true)))
+    return x, (rng.random(50) < p).astype(np.int64)
+
+
+def child_flower(clients: int, rounds: int) -> dict[str, Any]:
+    """Flower's simulation engine (Ray) on the same recipe: a ClientApp training one epoch of
+    W2's client ``partition-id``, a ServerApp running Flower's FedAvg over every client each
+    round; rounds are timed by FedAvg's server-side evaluation callback."""
+    import torch
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+    from torch import nn
+
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(message: Message, context: Context) -> Message:
+        x, y = (torch.from_numpy(a) for a in w2_data_copy(int(context.node_config["partition-id"])))
+        model = nn.Sequential(nn.Linear(*LAYERS))
+        model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+        loss_fn = nn.CrossEntropyLoss()
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SEED))
+        for b in range(0, len(x), BATCH):
+            index = order[b : b + BATCH]
+            optimizer.zero_grad()
+            loss_fn(model(x[index]), y[index]).backward()
+            optimizer.step()
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(model.state_dict()),
+                "metrics": MetricRecord({"num-examples": len(x)}),
+            }
+        )
+        return Message(content=content, reply_to=message)
+
+    ends: list[float] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        torch.manual_seed(SEED)
+        model = nn.Sequential(nn.Linear(*LAYERS))
+        strategy = FedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=clients,
+            min_available_nodes=clients,
+        )
+
+        def clock(server_round: int, arrays: Any) -> None:
+            ends.append(time.monotonic())
+
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=rounds,
+            evaluate_fn=clock,
+        )
+
+    start = time.monotonic()
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
+    # the callback also runs before round 1 (on the initial model): that is the start
+    return {"start": ends[0] if len(ends) > rounds else start, "ends": ends[-rounds:]}
+
+
 def child(system: str, clients: int, rounds: int) -> None:
     began = float(os.environ.get("BENCH_LAUNCH", time.monotonic()))
     if system == "floor":
         timing = child_floor(clients, rounds)
+    elif system == "flower":
+        timing = child_flower(clients, rounds)
     else:
         timing = child_fedplug(clients, rounds, system.removeprefix("fedplug-"))
     ends, start = timing["ends"], timing.get("built", timing["start"])
@@ -152,9 +236,11 @@ def child(system: str, clients: int, rounds: int) -> None:
 
 
 # -- the parent -----------------------------------------------------------------------------------
-def measure(system: str, clients: int, rounds: int, timeout: float) -> dict[str, Any]:
+def measure(
+    system: str, clients: int, rounds: int, timeout: float, python: str = sys.executable
+) -> dict[str, Any]:
     env = {**os.environ, "BENCH_LAUNCH": repr(time.monotonic()), "RAY_USAGE_STATS_ENABLED": "0"}
-    command = [sys.executable, __file__, "--child", system, str(clients), str(rounds)]
+    command = [python, __file__, "--child", system, str(clients), str(rounds)]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -199,16 +285,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--flower-python",
+        help="the python of a virtual environment with flwr[simulation]==1.42.0 and torch "
+        "(Flower pins another Ray than fedplug-ray); without it Flower is not measured",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         system, clients, rounds = args.child
         child(system, int(clients), int(rounds))
         return 0
+    systems = [s for s in args.systems if s != "flower" or args.flower_python]
+    if "flower" in systems:
+        from fedplug_ray.clients import w2_data
+
+        for client_id in (0, 1, 9999):  # the Flower child's copy of the generator agrees
+            ours, copy = w2_data(client_id), w2_data_copy(client_id)
+            if not all((a == b).all() for a, b in zip(ours, copy, strict=True)):
+                raise SystemExit("bench/ray.py's copy of w2_data differs from fedplug_ray's")
     rows = []
     for clients in args.clients:
-        for system in args.systems:
-            row = measure(system, clients, args.rounds, args.timeout)
+        for system in systems:
+            python = args.flower_python if system == "flower" else sys.executable
+            row = measure(system, clients, args.rounds, args.timeout, python)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     text = table(rows)
