@@ -31,6 +31,17 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/workloads.py
 
+# bench/ray.py's Flower column: Flower 1.42's simulation in its own environment (it pins another
+# Ray than fedplug-ray), torch still the CPU pin
+FLOWER_VENV := bench/.venv-flower
+$(FLOWER_VENV)/.installed: bench/flower-requirements.txt
+	test -x $(FLOWER_VENV)/bin/python || $(PYTHON) -m venv $(FLOWER_VENV)
+	env -u PIP_CONSTRAINT $(FLOWER_VENV)/bin/python -m pip install --quiet -r bench/flower-requirements.txt
+	touch $@
+
+bench-ray: $(STAMP) $(FLOWER_VENV)/.installed
+	$(BIN)/python bench/ray.py --flower-python $(FLOWER_VENV)/bin/python
+
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
@@ -38,4 +49,4 @@ format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache fedplug-demo
+	rm -rf $(VENV) $(FLOWER_VENV) .pytest_cache .ruff_cache fedplug-demo

@@ -1,6 +1,7 @@
 """Many clients: fedplug-ray against fedplug's local transport and the no-framework floor.
 
-Usage: ``python bench/ray.py [--clients 100 1000 10000] [--rounds 5] [--systems ...]``
+Usage: ``python bench/ray.py [--clients 100 1000 10000] [--rounds 5] [--systems ...]
+[--flower-python PATH]`` (``make bench-ray`` runs it all)
 
 Workload: BENCHMARKS.md's W2 recipe (``Linear(20, 2)``, cross-entropy, torch SGD at 0.05, one
 epoch of batches of 10 per round, 50 samples per client, 5 rounds) with its clients generated
@@ -18,9 +19,11 @@ they train. Each system runs in a fresh interpreter, one after the other:
 Reported per system and client count: seconds per round (the median of rounds 2 to the last;
 the first round includes building plans, and for Ray the actors' start), the first round, the
 whole run (imports and start-up included), and the researcher's peak RSS (its own process: Ray's
-actors are other processes). Ratios to the floor are of the same run. Flower's simulation, the
-issue's other column, is not measured yet (it needs its own virtual environment: Flower 1.42 pins
-Ray 2.55.1).
+actors are other processes). Ratios to the floor are of the same run. ``flower``: Flower 1.42's
+simulation engine (``flwr.simulation.run_simulation``, Ray) on the same recipe and data, Flower's
+FedAvg over every client each round, one CPU per client; it runs in its own virtual environment
+(Flower pins Ray 2.55.1): ``make bench-ray`` creates ``bench/.venv-flower`` and passes
+``--flower-python``; without that option Flower is left out.
 
 Output: the table, and ``bench/results/ray.json``.
 """
