@@ -67,21 +67,14 @@ def check_positive(what: str, value: Any, allow_none: bool = False) -> Any:
 
 def check_sample_size(value: Any) -> int | float | None:
     """``clients_per_round``: None, a positive count, or a fraction in (0, 1]."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    count = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    fraction = isinstance(value, float) and 0 < value <= 1
+    if value is not None and not (count or fraction):
         raise ConfigError(
             f"clients_per_round must be a count (int >= 1) or a fraction (0 < float <= 1), got "
             f"{value!r}"
         )
-    if isinstance(value, int) and value >= 1:
-        return value
-    if isinstance(value, float) and 0 < value <= 1:
-        return value
-    raise ConfigError(
-        f"clients_per_round must be a count (int >= 1) or a fraction (0 < float <= 1), got "
-        f"{value!r}"
-    )
+    return value
 
 
 def validation_period(validate: bool | int | None, test_ratio: float) -> int:

@@ -38,17 +38,6 @@ from fedplug.node import Node
 #: how long the pool's actors may take to start and build their clients
 START_TIMEOUT_S = 120.0
 
-#: the options of ``transport_options`` for ``transport="ray"``
-OPTIONS = (
-    "address",
-    "clients",
-    "num_clients",
-    "actors",
-    "num_cpus_per_client",
-    "num_gpus_per_client",
-    "init_options",
-)
-
 
 def import_ray() -> Any:
     """``ray``, or a :class:`ConfigError` saying how to install it."""
@@ -256,7 +245,6 @@ class RayTransport:
             )
         self.placement: dict[str, int] = {}  # client name -> actor index
         self._tags: dict[str, list[list[str]]] = {}
-        self.where: list[dict[str, Any]] = []
         try:
             described = ray.get(
                 [actor.describe.remote() for actor in self.actors], timeout=START_TIMEOUT_S
@@ -274,7 +262,7 @@ class RayTransport:
                 f"the Ray actors could not build their clients: {_why(exc)}"
             ) from None
         held = [list(info["clients"].items()) for info in described]
-        self.where = [{"ray_node": d["ray_node"], "pid": d["pid"]} for d in described]
+        self.where = _places(described)
         # the federation in client order (client i is the (i // size)-th of actor i % size), so
         # that an experiment asks, and aggregates, in the order of its nodes or client ids
         for client in range(num_clients):
@@ -288,8 +276,7 @@ class RayTransport:
 
     def describe(self) -> list[dict[str, Any]]:
         """Where each actor runs now (``ray_node``, ``pid``), asked of the actors."""
-        described = self._ray.get([actor.describe.remote() for actor in self.actors])
-        self.where = [{"ray_node": d["ray_node"], "pid": d["pid"]} for d in described]
+        self.where = _places(self._ray.get([actor.describe.remote() for actor in self.actors]))
         return self.where
 
     def _pool_size(self, actors: int | None, num_clients: int) -> int:
@@ -373,6 +360,11 @@ class RayTransport:
         if self._started and ray.is_initialized():
             ray.shutdown()
             self._started = False
+
+
+def _places(described: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where each actor runs (``ray_node``, ``pid``), from their ``describe()`` answers."""
+    return [{"ray_node": d["ray_node"], "pid": d["pid"]} for d in described]
 
 
 def _resources(ray: Any) -> str:
