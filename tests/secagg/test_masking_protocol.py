@@ -564,20 +564,28 @@ def test_a_node_refuses_a_tampered_or_misdirected_share():
     fed = Federation(["a", "b", "c"])
     params = random_params(["a", "b", "c"], [(2,)], np.float64)
     _, context = fed.begin(params)
-    tampered = bytearray(context.arrays["share:b:a"].tobytes())
-    tampered[20] ^= 0xFF
-    arrays = dict(context.arrays, **{"share:b:a": np.frombuffer(bytes(tampered), np.uint8)})
-    bad = SecAggData(context.scheme, context.step, context.values, arrays)
+    table = context.arrays["shares"]  # sender by recipient, in the order a, b, c
+
+    def with_table(changed):
+        return SecAggData(
+            context.scheme, context.step, context.values, {**context.arrays, "shares": changed}
+        )
+
+    tampered = table.copy()
+    tampered[1, 0, 20] ^= 0xFF  # b's share for a
     with pytest.raises(SecAggError, match="cannot read 'b''s shares: tampered with"):
-        fed.nodes["a"].mask(0, bad, params["a"], 4)
-    # b's share for c handed to a instead
-    arrays = dict(context.arrays, **{"share:b:a": context.arrays["share:b:c"]})
-    misdirected = SecAggData(context.scheme, context.step, context.values, arrays)
+        fed.nodes["a"].mask(0, with_table(tampered), params["a"], 4)
+    misdirected = table.copy()
+    misdirected[1, 0] = table[1, 2]  # b's share for c handed to a instead
     with pytest.raises(SecAggError, match="cannot read 'b''s shares"):
-        fed.nodes["a"].mask(0, misdirected, params["a"], 4)
-    missing = {k: v for k, v in context.arrays.items() if k != "share:c:a"}
-    with pytest.raises(MessageError, match="share from 'c' must be a 1-d uint8 array"):
+        fed.nodes["a"].mask(0, with_table(misdirected), params["a"], 4)
+    missing = {k: v for k, v in context.arrays.items() if k != "shares"}
+    with pytest.raises(
+        MessageError, match=r"the shares table must be a uint8 array of shape \(3, 3, 160\)"
+    ):
         fed.nodes["a"].mask(0, SecAggData("masking", "mask", context.values, missing), {}, 4)
+    with pytest.raises(MessageError, match="the shares table must be"):
+        fed.nodes["a"].mask(0, with_table(table[:2]), params["a"], 4)
     # the genuine context still works
     assert fed.nodes["a"].mask(0, context, params["a"], 4).step == "masked"
 
@@ -660,11 +668,16 @@ def test_nodes_given_different_participant_lists_refuse_to_mask():
         relayed = {k: v for k, v in public.items() if k.split(":")[1] in views[name]}
         answer = node.handle(0, SecAggData("masking", "shares", {"round": 0}, relayed))
         for key, blob in answer.arrays.items():  # "to:PEER"
-            shares[f"share:{name}:{key[3:]}"] = blob
+            shares[name, key[3:]] = blob
     refused = {}
     params = random_params(full, [(3,)], np.float64)
     for name, node in nodes.items():
-        arrays = {k: v for k, v in shares.items() if k.endswith(f":{name}")}
+        view = views[name]  # the table of the shares each sender of the view made for this node
+        table = np.zeros((len(view), len(view), masking.SHARE_BLOB_BYTES), np.uint8)
+        for i, sender in enumerate(view):
+            if (sender, name) in shares:
+                table[i, view.index(name)] = shares[sender, name]
+        arrays = {"shares": table}
         values = {"round": 0, "participants": views[name], "clip": 4096.0, "precision_bits": 24}
         with pytest.raises((SecAggError, MessageError)) as info:
             node.mask(0, SecAggData("masking", "mask", values, arrays), params[name], 5)
@@ -672,7 +685,7 @@ def test_nodes_given_different_participant_lists_refuse_to_mask():
     assert sorted(refused) == full  # nobody sent a masked update
     for name in ("a", "b", "c"):  # the shares of a peer with another view do not open
         assert "different participant lists" in refused[name], refused[name]
-    assert "share from 'c'" in refused["d"]  # c, told d is not there, sent d none
+    assert "cannot read 'c''s shares" in refused["d"]  # c, told d is not there, sent d none
 
 
 def test_a_node_sending_a_low_order_key_is_excluded_and_named():

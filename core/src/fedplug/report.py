@@ -9,6 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+#: beyond this many nodes, a learning curve draws their spread instead of one curve each
+MAX_NODE_CURVES = 12
+
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A fixed-width text table; floats get 4 decimals, numbers are right-aligned."""
@@ -69,6 +74,22 @@ def results_rows(
         ]
     )
     return rows
+
+
+def condensed_rows(rows: Sequence[Sequence[Any]], keep: int = 3) -> list[list[Any]]:
+    """:func:`results_rows` for a terminal: with more than ``4 * keep`` nodes, the ``keep``
+    nodes of lowest metric (a node without one counts as lowest), one row for the others (their
+    count and median metric), the ``keep`` of highest metric, then the average row; fewer nodes
+    are returned as they are."""
+    *nodes, average = rows if rows else [None]
+    if average is None or len(nodes) <= 4 * keep:
+        return [list(row) for row in rows]
+    ranked = sorted(nodes, key=lambda row: (row[3] is not None, row[3] or 0))  # no metric: first
+    middle = ranked[keep:-keep]
+    values = [row[3] for row in middle if row[3] is not None]
+    median = float(np.median(values)) if values else None
+    summary = [f"({len(middle)} more: median)", None, None, median, None]
+    return [*map(list, ranked[:keep]), summary, *map(list, ranked[-keep:]), list(average)]
 
 
 class ResultsTable(list):
@@ -173,7 +194,9 @@ def history_figure(
     unweighted ``mean``, and each node's, labelled with its test-set size). Made without pyplot,
     so it changes no backend (a notebook shows it inline). The first and last rounds are marked
     on the x axis; a bounded metric (in [0, 1]) is never zoomed to less than a quarter of its
-    range, so that one test sample does not look like a collapse."""
+    range, so that one test sample does not look like a collapse. Beyond
+    :data:`MAX_NODE_CURVES` nodes, their median and 10th-90th percentile band replace the
+    per-node curves."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -193,11 +216,15 @@ def history_figure(
         tested = validated[-1]["validation_global"].get("n_samples")
         ax_metric.plot(xs, values, marker="o", markersize=3, linewidth=2.5,
                        label=f"{average} (n={tested})")  # fmt: skip
-        for node, metrics in validated[-1]["validation"].items():
-            node_values = [row["validation"].get(node, {}).get(metric) for row in validated]
-            values += node_values
-            ax_metric.plot(xs, node_values, linestyle="--", alpha=0.8,
-                           label=f"{node} (n={metrics.get('n_samples')})")  # fmt: skip
+        last_nodes = validated[-1]["validation"]
+        if len(last_nodes) > MAX_NODE_CURVES:  # a band of the nodes' spread, not a line each
+            values += _node_spread(ax_metric, xs, validated, metric, len(last_nodes))
+        else:
+            for node, metrics in last_nodes.items():
+                node_values = [row["validation"].get(node, {}).get(metric) for row in validated]
+                values += node_values
+                ax_metric.plot(xs, node_values, linestyle="--", alpha=0.8,
+                               label=f"{node} (n={metrics.get('n_samples')})")  # fmt: skip
         finite = [v for v in values if isinstance(v, (int, float))]
         if finite and metric != "loss" and min(finite) >= 0.0 and max(finite) <= 1.0:
             low, high = min(finite), max(finite)
@@ -222,6 +249,24 @@ def history_figure(
         fig.suptitle(title)
     _show_inline(Figure)
     return fig
+
+
+def _node_spread(
+    ax: Any, xs: list[int], validated: list[dict[str, Any]], metric: str, n_nodes: int
+) -> list[float]:
+    """Draw the nodes' median ``metric`` per round and the band of their 10th to 90th
+    percentiles; return the values drawn (for the axis limits)."""
+    low, middle, high = [], [], []
+    for row in validated:
+        found = [m.get(metric) for m in row["validation"].values()]
+        found = [v for v in found if isinstance(v, (int, float))]
+        p10, p50, p90 = np.percentile(found, [10, 50, 90]) if found else (np.nan,) * 3
+        low.append(float(p10))
+        middle.append(float(p50))
+        high.append(float(p90))
+    ax.fill_between(xs, low, high, alpha=0.25, label=f"nodes, 10th-90th percentile ({n_nodes})")
+    ax.plot(xs, middle, linestyle="--", label="nodes, median")
+    return low + middle + high
 
 
 def _show_inline(figure_class: type) -> None:

@@ -14,7 +14,6 @@ transport is opened: a configuration that cannot work is refused before any node
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import uuid
 from pathlib import Path
@@ -48,6 +47,7 @@ from fedplug.experiment.config import (
     resolve_aggregator,
     resolve_plan,
     resolve_secagg,
+    sample_size,
     transport_request,
     validation_period,
 )
@@ -241,12 +241,7 @@ class Experiment:
 
     def _sample_size(self) -> int | None:
         """How many nodes each round asks (None: all of them)."""
-        size = self.clients_per_round
-        if size is None:
-            return None
-        if isinstance(size, float):
-            return max(1, math.ceil(size * len(self.nodes)))
-        return size
+        return sample_size(self.clients_per_round, len(self.nodes))
 
     def _check_sample(self) -> None:
         size = self._sample_size()

@@ -7,6 +7,7 @@ Everything here happens before any transport is opened or any node contacted.
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,15 @@ def check_sample_size(value: Any) -> int | float | None:
             f"{value!r}"
         )
     return value
+
+
+def sample_size(clients_per_round: int | float | None, n_nodes: int) -> int | None:
+    """How many of ``n_nodes`` a round asks under ``clients_per_round`` (None: all of them);
+    a fraction is rounded up, to one node at least."""
+    size = check_sample_size(clients_per_round)
+    if isinstance(size, float):
+        return max(1, math.ceil(size * n_nodes))
+    return size
 
 
 def validation_period(validate: bool | int | None, test_ratio: float) -> int:

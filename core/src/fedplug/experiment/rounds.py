@@ -168,13 +168,18 @@ class Dispatch:
         """A reply must come from ``node``, for this experiment and round, and not be an error."""
         if reply.node != node:
             raise MessageError(f"reply from {node!r} claims to come from {inert(reply.node)!r}")
+        unread = (reply.experiment_id, reply.round_index) == ("", -1)
+        if isinstance(reply, msg.ErrorReply) and (
+            unread or (reply.experiment_id == self.experiment_id and reply.round_index == index)
+        ):
+            # the node's words, shown, never obeyed (no experiment id: the node could not read
+            # the request far enough to learn it)
+            raise NodeError(node, f"{inert(reply.error)}: {inert(reply.message)}")
         if reply.experiment_id != self.experiment_id or reply.round_index != index:
             raise MessageError(
                 f"reply from {node!r} is for experiment {inert(reply.experiment_id)!r} round "
                 f"{reply.round_index}, expected {self.experiment_id!r} round {index}"
             )
-        if isinstance(reply, msg.ErrorReply):  # the node's words: shown, never obeyed
-            raise NodeError(node, f"{inert(reply.error)}: {inert(reply.message)}")
         if getattr(reply, "n_samples", 0) < 0:
             raise MessageError(f"reply from {node!r} reports {reply.n_samples} samples")
 

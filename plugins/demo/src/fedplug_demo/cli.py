@@ -21,6 +21,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def _sample(text: str) -> int | float:
+    """``--clients-per-round``: a count (``100``) or a fraction (``0.1``)."""
+    try:
+        value: int | float = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            value = 0
+    if (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0 < value <= 1):
+        raise argparse.ArgumentTypeError(
+            f"expected a count (an integer >= 1) or a fraction (0 < f <= 1), got {text!r}"
+        )
+    return value
+
+
 def demo_command(demo: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     """run a federated experiment on the embedded breast-cancer data"""
     demo.add_argument(
@@ -41,7 +57,21 @@ def demo_command(demo: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
         default=None,
         help="rounds (default: 20; with --flamby, FLamby's get_nb_max_rounds)",
     )
-    demo.add_argument("--nodes", type=_positive, default=3, help="hospitals (default: 3)")
+    demo.add_argument(
+        "--nodes",
+        type=_positive,
+        default=3,
+        help="hospitals (default: 3); the embedded records make up to 56, more draw synthetic "
+        "records from a model of them",
+    )
+    demo.add_argument(
+        "--clients-per-round",
+        type=_sample,
+        default=None,
+        metavar="N|F",
+        help="train a seeded sample of the hospitals each round: a count (100) or a fraction "
+        "(0.1) of them (default: all)",
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument(
         "--workers",
@@ -94,8 +124,9 @@ def demo_command(demo: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
         choices=transports,
         default="local",
         help="local: nodes in this process (default); grpc: one node process per hospital, "
-        "connected to this researcher over gRPC with TLS on loopback (fedplug-grpc); or another "
-        f"installed transport ({', '.join(transports)})",
+        "connected to this researcher over gRPC with TLS on loopback (fedplug-grpc); ray: the "
+        "hospitals made in Ray actors, on the cluster of RAY_ADDRESS or on this machine "
+        f"(fedplug-ray); or another installed transport ({', '.join(transports)})",
     )
     return run
 
@@ -117,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         secagg=args.secagg,
         transport=args.transport,
         tracking=args.track,
+        clients_per_round=args.clients_per_round,
     )
     return 0
 

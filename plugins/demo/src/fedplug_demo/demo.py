@@ -12,6 +12,7 @@ the command that installs it when it is missing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -26,10 +27,11 @@ import numpy as np
 from fedplug.datasets import Dataset
 from fedplug.errors import ConfigError
 from fedplug.experiment import Experiment
+from fedplug.experiment.config import sample_size
 from fedplug.node import Node
 from fedplug.optimizer import Optimizer
 from fedplug.plugins import FedplugPluginManager, active, get_plugin_manager
-from fedplug.report import format_table, results_rows, write_outputs
+from fedplug.report import condensed_rows, format_table, results_rows, write_outputs
 
 TAGS = ["breast-cancer"]
 W1_SIZES = (181, 189, 199)
@@ -139,16 +141,80 @@ def _spread(residual: int, ones: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return fix
 
 
-def demo_nodes(n_nodes: int = 3, seed: int = 0, **node_kwargs: Any) -> list[Node]:
+#: the most hospitals the embedded records make (ten records each at least); beyond, the demo
+#: draws synthetic records (:func:`synthetic_hospital`)
+MAX_EMBEDDED_NODES = 56
+#: the most hospitals ``--transport grpc`` starts, one node process each
+MAX_GRPC_NODES = 32
+#: the most hospitals a round of ``--secagg`` takes (fedplug-secagg's masking costs grow with the
+#: square of a round's nodes: docs/secagg.md)
+MAX_SECAGG_NODES = 200
+#: records of each synthetic hospital (BENCHMARKS.md's W2 client size)
+SYNTHETIC_RECORDS = 50
+
+
+def demo_data(n_nodes: int) -> str:
+    """Where the data of a federation of ``n_nodes`` hospitals comes from: ``"embedded"`` (the
+    breast-cancer records split over them, up to :data:`MAX_EMBEDDED_NODES`) or
+    ``"synthetic"`` (records drawn from a Gaussian model of them, any number of hospitals)."""
+    if isinstance(n_nodes, bool) or not isinstance(n_nodes, int) or n_nodes < 1:
+        raise ConfigError(f"nodes must be a positive integer, got {n_nodes!r}")
+    return "embedded" if n_nodes <= MAX_EMBEDDED_NODES else "synthetic"
+
+
+@functools.lru_cache(maxsize=4)
+def _embedded_split(n_nodes: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     x, y = load_breast_cancer()
-    return [
-        Node(
-            f"hospital-{i + 1}",
-            Dataset(x[idx], y[idx], tags=TAGS, name=f"breast-cancer-{i + 1}"),
-            **node_kwargs,
-        )
-        for i, idx in enumerate(label_skew_split(y, n_nodes, seed))
-    ]
+    return x, y, label_skew_split(y, n_nodes, seed)
+
+
+@functools.lru_cache(maxsize=1)
+def _gaussian_model() -> tuple[np.ndarray, np.ndarray]:
+    """Class means ``(2, 30)`` and the Cholesky factor ``(30, 30)`` of the pooled within-class
+    covariance of the standardised embedded records."""
+    x, y = load_breast_cancer()
+    x = x.astype(np.float64)
+    means = np.stack([x[y == label].mean(axis=0) for label in (0, 1)])
+    centred = x - means[y]
+    covariance = centred.T @ centred / (len(x) - 2)
+    return means, np.linalg.cholesky(covariance + 1e-6 * np.eye(x.shape[1]))
+
+
+def synthetic_hospital(index: int, n_nodes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` of hospital ``index`` (0-based) of ``n_nodes``: :data:`SYNTHETIC_RECORDS`
+    records drawn from the embedded data's Gaussian model (its class means and pooled covariance:
+    the same 30 features, a task as hard), with the share of benign cases spread from 0.27 to
+    0.90 over the hospitals as in the embedded split. Made from ``(seed, index)`` alone, so that
+    each hospital can be made where it trains."""
+    if not 0 <= index < n_nodes:
+        raise ConfigError(f"hospital index must be in [0, {n_nodes}), got {index}")
+    means, factor = _gaussian_model()
+    share = 0.27 + 0.63 * index / (n_nodes - 1) if n_nodes > 1 else 0.63
+    rng = np.random.default_rng([seed, index, 569])
+    y = (rng.random(SYNTHETIC_RECORDS) < share).astype(np.int64)
+    x = means[y] + rng.standard_normal((SYNTHETIC_RECORDS, factor.shape[0])) @ factor.T
+    return x.astype(np.float32), y
+
+
+def demo_client(index: int, n_nodes: int, seed: int = 0, **node_kwargs: Any) -> Node:
+    """Hospital ``index`` (0-based, named ``hospital-{index + 1}``) of a demo federation of
+    ``n_nodes``: its share of the embedded records, or its synthetic records beyond
+    :data:`MAX_EMBEDDED_NODES` hospitals. A client factory for transports that make their clients
+    where they run (``functools.partial(demo_client, n_nodes=1000, seed=0)``)."""
+    if demo_data(n_nodes) == "embedded":
+        x, y, parts = _embedded_split(n_nodes, seed)
+        x, y = x[parts[index]], y[parts[index]]
+    else:
+        x, y = synthetic_hospital(index, n_nodes, seed)
+    name = f"hospital-{index + 1}"
+    data = Dataset(x, y, tags=TAGS, name=f"breast-cancer-{index + 1}")
+    return Node(name, data, **node_kwargs)
+
+
+def demo_nodes(n_nodes: int = 3, seed: int = 0, **node_kwargs: Any) -> list[Node]:
+    """The demo's ``n_nodes`` hospitals, in this process (:func:`demo_client`)."""
+    demo_data(n_nodes)
+    return [demo_client(i, n_nodes, seed, **node_kwargs) for i in range(n_nodes)]
 
 
 def run_demo(
@@ -164,15 +230,21 @@ def run_demo(
     secagg: bool = False,
     transport: str = "local",
     tracking: list[str] | None = None,
+    clients_per_round: int | float | None = None,
 ) -> dict[str, Any]:
     """Run the demo experiment; print the results table (or one JSON line); write results.json
     and learning_curve.png under ``out``. Returns the JSON summary.
 
     With ``transport="grpc"`` each hospital is a ``fedplug node start`` process with its own
     config, SQLite registry and credential, connected over TLS on loopback (set up under
-    ``out/grpc``); the processes are stopped at the end, also on Ctrl-C. Another registered
-    transport is given the in-process nodes. ``tracking``: the names of trackers to turn on
-    (``Experiment(tracking=...)``), e.g. ``["tensorboard"]``."""
+    ``out/grpc``); the processes are stopped at the end, also on Ctrl-C (at most
+    :data:`MAX_GRPC_NODES`). With ``transport="ray"`` (fedplug-ray) the hospitals are made in the
+    Ray actors (:func:`demo_client`), on the cluster of ``RAY_ADDRESS`` if set, else on a Ray
+    instance of this machine. Another registered transport is given the in-process nodes. Beyond
+    :data:`MAX_EMBEDDED_NODES` hospitals their records are synthetic (:func:`synthetic_hospital`).
+    ``tracking``: the names of trackers to turn on
+    (``Experiment(tracking=...)``), e.g. ``["tensorboard"]``. ``clients_per_round``: a count or
+    a fraction of the hospitals trained each round (``Experiment(clients_per_round=...)``)."""
     if plan not in PLANS:
         raise ConfigError(f"--plan must be one of {sorted(PLANS)}, got {plan!r}")
     if algorithm not in ALGORITHMS:
@@ -192,6 +264,21 @@ def run_demo(
             f"--transport must be a registered transport ({', '.join(sorted(pm.transports))}), "
             f"got {transport!r}"
         )
+    data = demo_data(nodes)
+    if transport == "grpc" and nodes > MAX_GRPC_NODES:
+        raise ConfigError(
+            f"--transport grpc starts one node process per hospital: at most {MAX_GRPC_NODES} "
+            f"in the demo, got --nodes {nodes}; --transport ray (fedplug-ray) or local simulate "
+            "more"
+        )
+    per_round = min(nodes, sample_size(clients_per_round, nodes) or nodes)
+    if secagg and per_round > MAX_SECAGG_NODES:
+        raise ConfigError(
+            f"--secagg with {per_round} hospitals a round: the masking scheme's cost grows with "
+            f"the square of a round's nodes (every pair agrees on a mask); at most "
+            f"{MAX_SECAGG_NODES} in the demo (about 20 s a round); train a sample each round "
+            f"(--clients-per-round {MAX_SECAGG_NODES // 2})"
+        )
     with contextlib.ExitStack() as stack:
         if transport == "grpc":
             federation: Any = stack.enter_context(
@@ -199,14 +286,27 @@ def run_demo(
                     nodes, seed, Path(out) / "grpc", report_to=sys.stderr if progress else None
                 )
             )
+        elif transport == "ray":  # the hospitals are made in the Ray actors, not here
+            factory = functools.partial(demo_client, n_nodes=nodes, seed=seed)
+            federation = {"clients": factory, "num_clients": nodes}
         else:
             federation = demo_nodes(nodes, seed, plugin_manager=pm)
         if progress:
+            where = {"grpc": "node processes", "ray": "made in Ray actors"}.get(transport)
             print(
-                f"preparing the experiment: {plan_name}, {algorithm}, {nodes} hospitals",
+                f"preparing the experiment: {plan_name}, {algorithm}, {nodes} hospitals"
+                + (f" ({where})" if where else ""),
                 file=sys.stderr,
                 flush=True,
             )
+            if data == "synthetic":
+                print(
+                    f"the 569 embedded records make at most {MAX_EMBEDDED_NODES} hospitals: each "
+                    f"of the {nodes} draws {SYNTHETIC_RECORDS} synthetic records from a Gaussian "
+                    "model of them",
+                    file=sys.stderr,
+                    flush=True,
+                )
         exp = _demo_experiment(
             federation,
             plan_name,
@@ -221,6 +321,7 @@ def run_demo(
             progress and not as_json,
             transport,
             tracking,
+            clients_per_round,
         )
         with exp:
             history = exp.run()
@@ -234,6 +335,8 @@ def run_demo(
             "secagg": secagg,
             "transport": transport,
             "nodes": nodes,
+            "clients_per_round": clients_per_round,
+            "data": data,
             "global_accuracy": history[-1]["validation_global"].get("accuracy"),
             "per_node": {row[0]: row[3] for row in rows[:-1]},
             "seconds": round(seconds, 3),
@@ -250,7 +353,11 @@ def run_demo(
             print(json.dumps(summary))
         else:
             print()
-            print(format_table(["node", "train samples", "test samples", "accuracy", "loss"], rows))
+            shown = condensed_rows(rows, 3)
+            headers = ["node", "train samples", "test samples", "accuracy", "loss"]
+            print(format_table(headers, shown))
+            if len(shown) < len(rows):
+                print(f"(each of the {len(rows) - 1} hospitals: {out / 'results.json'})")
             print(f"\n{len(history)} rounds in {seconds:.2f} s; results in {out / 'results.json'}")
             print(
                 f"learning curve: {curve}"
@@ -274,11 +381,16 @@ def _demo_experiment(
     progress: bool,
     transport: str = "local",
     tracking: list[str] | None = None,
+    clients_per_round: int | float | None = None,
 ) -> Experiment:
-    """The demo's experiment over ``federation``: in-process nodes (served by ``transport``), or
-    with ``transport="grpc"`` the researcher's transport that the node processes joined."""
+    """The demo's experiment over ``federation``: in-process nodes (served by ``transport``), the
+    options of a transport that makes the clients itself (``{"clients": factory, "num_clients":
+    n}``, for ``ray``), or with ``transport="grpc"`` the researcher's transport that the node
+    processes joined."""
     if transport == "grpc":
         where: dict[str, Any] = {"transport": federation}
+    elif isinstance(federation, dict):  # a client factory: the transport makes the clients
+        where = {"transport": transport, "transport_options": federation}
     else:
         where = {"nodes": federation, "transport": transport}
         if transport == "local":
@@ -296,6 +408,7 @@ def _demo_experiment(
         agg_optimizer=_researcher_optimizer(recipe, pm),
         secagg=secagg,
         tracking=tracking or None,
+        clients_per_round=clients_per_round,
     )
 
 

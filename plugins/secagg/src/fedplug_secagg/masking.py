@@ -40,6 +40,8 @@ Exchange = Callable[[SecAggData, list[str]], tuple[dict[str, SecAggData], dict[s
 
 SCHEME = "masking"
 _MIN_SAMPLES = 2**16  # settings must leave room for at least this many training samples
+#: an encrypted pair of shares: nonce, two field elements, authentication tag
+SHARE_BLOB_BYTES = 12 + 2 * crypto.SHARE_BYTES + 16
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,29 @@ def _bytes(array: Any, what: str) -> bytes:
 
 def _u8(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
+
+
+def _share_table(participants: list[str], shares: dict[str, SecAggData]) -> np.ndarray:
+    """The round's encrypted shares as one ``(n, n, SHARE_BLOB_BYTES)`` uint8 array, sender by
+    recipient in the participants' order (the diagonal is zeros): one array in the training
+    request instead of n(n-1), each node reading its own column."""
+    index = {name: i for i, name in enumerate(participants)}
+    table = np.zeros((len(participants), len(participants), SHARE_BLOB_BYTES), np.uint8)
+    for sender, data in shares.items():
+        for recipient in participants:
+            if recipient == sender:
+                continue
+            blob = data.arrays.get(f"to:{recipient}")
+            if blob is None:
+                raise SecAggError(f"node {sender!r} sent no share for {recipient!r}")
+            blob = np.asarray(blob)
+            if blob.dtype != np.uint8 or blob.shape != (SHARE_BLOB_BYTES,):
+                raise SecAggError(
+                    f"node {sender!r} sent a share for {recipient!r} that is not "
+                    f"{SHARE_BLOB_BYTES} bytes ({blob.dtype} {blob.shape})"
+                )
+            table[index[sender], index[recipient]] = blob
+    return table
 
 
 def _names(values: dict[str, Any], key: str) -> list[str]:
@@ -276,13 +301,18 @@ class MaskingNode(SecAggNode):
         clip = context.values.get("clip")
         bits = context.values.get("precision_bits")
         config = SecAggConfig(clip=clip, precision_bits=bits)
-        # the shares addressed to this node
-        for sender in peers:
+        # the shares addressed to this node: its column of the table
+        table = np.asarray(context.arrays.get("shares"))
+        if table.dtype != np.uint8 or table.shape != (len(peers), len(peers), SHARE_BLOB_BYTES):
+            raise MessageError(
+                f"the shares table must be a uint8 array of shape ({len(peers)}, {len(peers)}, "
+                f"{SHARE_BLOB_BYTES}), got {table.dtype} {table.shape}"
+            )
+        me = peers.index(self.node)
+        for i, sender in enumerate(peers):
             if sender == self.node:
                 continue
-            blob = _bytes(
-                context.arrays.get(f"share:{sender}:{self.node}"), f"share from {sender!r}"
-            )
+            blob = table[i, me].tobytes()
             key = self._share_key(sender, sender, self.node)
             try:
                 plain = crypto.decrypt(key, blob, self._aad(sender, self.node))
@@ -486,14 +516,7 @@ class MaskingScheme(SecAggScheme):
         self.threshold = threshold
         self.s_public = {node: public[f"s_pk:{node}"].tobytes() for node in participants}
         arrays: dict[str, np.ndarray] = {f"s_pk:{n}": public[f"s_pk:{n}"] for n in participants}
-        for sender, data in shares.items():
-            for recipient in participants:
-                if recipient == sender:
-                    continue
-                blob = data.arrays.get(f"to:{recipient}")
-                if blob is None:
-                    raise SecAggError(f"node {sender!r} sent no share for {recipient!r}")
-                arrays[f"share:{sender}:{recipient}"] = np.asarray(blob)
+        arrays["shares"] = _share_table(participants, shares)
         self.failures.update(failures)
         self._total = np.zeros(self.size, dtype=np.uint64)
         self._samples: dict[str, int] = {}
