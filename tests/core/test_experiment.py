@@ -528,6 +528,14 @@ class VanishingNode(Node):
         raise ConnectionResetError("node process exited")
 
 
+class UnreadingNode(Node):
+    """Cannot read the requests it gets (here: they reach it cut short): it answers an error
+    that names no experiment, since it could not learn which."""
+
+    def serve(self, request, size=None):
+        return super().serve(b"\x00\x00\x00\x05junk!")
+
+
 class ForgingNode(Node):
     """Trains honestly, then alters its reply with ``forge``."""
 
@@ -549,6 +557,9 @@ def _with_bad_node(make_nodes, node_cls, forge=None):
 BAD_NODES = [
     pytest.param(GarbageNode, None, "MessageError: malformed message", id="garbage"),
     pytest.param(VanishingNode, None, "did not answer: ConnectionResetError", id="vanishing"),
+    pytest.param(  # the node's own words, not a complaint about the ids its error lacks
+        UnreadingNode, None, "MessageError: malformed message: header of", id="unreading"
+    ),
     pytest.param(
         None, lambda r: replace(r, node="someone-else"), "claims to come from", id="impostor"
     ),

@@ -105,3 +105,56 @@ def test_plot_without_matplotlib_says_what_to_install(exp, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ConfigError, match=r"pip install 'fedplug\[plot\]'"):
         exp.plot()
+
+
+def _many_nodes_history(n_nodes: int, rounds: int = 3) -> list[dict]:
+    """A history shaped as an experiment writes it, for ``n_nodes`` nodes whose accuracy is
+    ``(i + 1) / n_nodes`` in the last round (node i)."""
+    history = []
+    for r in range(rounds):
+        validation = {
+            f"n{i}": {"accuracy": (i + 1) / n_nodes * (r + 1) / rounds, "loss": 1.0, "n_samples": 5}
+            for i in range(n_nodes)
+        }
+        history.append(
+            {
+                "round": r,
+                "train_loss_mean": 1.0 / (r + 1),
+                "samples": {f"n{i}": 20 for i in range(n_nodes)},
+                "validation": validation,
+                "validation_global": {"accuracy": 0.5, "loss": 1.0, "n_samples": 5 * n_nodes},
+            }
+        )
+    return history
+
+
+def test_condensed_rows_keep_the_extremes_and_the_median_of_many_nodes():
+    from fedplug.report import condensed_rows, results_rows
+
+    rows = results_rows(_many_nodes_history(20), "accuracy")
+    shown = condensed_rows(rows, 3)
+    assert [row[0] for row in shown] == ["n0", "n1", "n2", "(14 more: median)", "n17", "n18",
+                                         "n19", "global"]  # fmt: skip
+    assert shown[3][3] == pytest.approx(np.median([(i + 1) / 20 for i in range(3, 17)]))
+    assert shown[-1] == rows[-1]
+    few = results_rows(_many_nodes_history(12), "accuracy")
+    assert condensed_rows(few, 3) == few  # up to 4 * keep nodes: all of them
+    rows[5][3] = None  # a node without the metric is listed among the lowest
+    assert condensed_rows(rows, 3)[0][0] == "n5"
+
+
+def test_a_plot_of_many_nodes_draws_their_spread_not_a_line_each():
+    pytest.importorskip("matplotlib")
+    from fedplug.report import MAX_NODE_CURVES, history_figure
+
+    fig = history_figure(_many_nodes_history(MAX_NODE_CURVES + 1), "accuracy")
+    _, ax_metric = fig.axes
+    labels = [line.get_label() for line in ax_metric.get_lines()]
+    assert labels == [f"global (n={5 * (MAX_NODE_CURVES + 1)})", "nodes, median"]
+    [band] = ax_metric.collections
+    assert band.get_label() == f"nodes, 10th-90th percentile ({MAX_NODE_CURVES + 1})"
+    median = ax_metric.get_lines()[1].get_ydata()
+    last = [(i + 1) / (MAX_NODE_CURVES + 1) for i in range(MAX_NODE_CURVES + 1)]
+    assert median[-1] == pytest.approx(np.median(last))
+    few = history_figure(_many_nodes_history(MAX_NODE_CURVES), "accuracy")
+    assert len(few.axes[1].get_lines()) == 1 + MAX_NODE_CURVES

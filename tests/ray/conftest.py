@@ -41,7 +41,8 @@ def _ray(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """``address`` of a two-node Ray cluster on this machine (2 CPUs per node)."""
+    """``address`` of a two-node Ray cluster on this machine (2 CPUs per node; the worker node
+    declares 2 GPUs, which Ray assigns as it would real ones)."""
     if not RAY.exists():
         pytest.fail(f"{RAY} missing: install fedplug-ray (make test installs it)")
     if ray_processes():
@@ -62,9 +63,10 @@ def ray_cluster():
         )  # fmt: skip
         assert head.returncode == 0, head.stdout + head.stderr
         address = f"127.0.0.1:{port}"
-        worker = _ray(
-            "start", f"--address={address}", "--node-ip-address=127.0.0.1", *common, env=env
-        )
+        worker = _ray(  # with two GPUs declared (none installed): Ray's GPU bookkeeping
+            "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-gpus=2",
+            *common, env=env,
+        )  # fmt: skip
         assert worker.returncode == 0, worker.stdout + worker.stderr
         yield address
     finally:

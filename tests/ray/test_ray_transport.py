@@ -4,14 +4,22 @@ mid-round, and nothing left behind (the fixture checks it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 from fedplug_ray.clients import TAGS, synthetic_client
 
-from fedplug import Experiment
+from fedplug import ConfigError, Experiment
+from fedplug.cli import main
+
+FEDPLUG = Path(sys.executable).with_name("fedplug")
 
 SETTINGS = {
     "tags": TAGS,
@@ -190,3 +198,51 @@ def test_a_checkpointed_ray_experiment_resumes_on_the_cluster(ray_cluster, tmp_p
     assert len(history) == 4
     for key in whole:
         np.testing.assert_array_equal(resumed[key], whole[key])
+
+
+def test_gpu_fractions_put_two_actors_on_each_gpu(ray_cluster):
+    """num_gpus_per_client=0.5 on the cluster's two GPUs (declared by its worker node): a pool of
+    four actors, all on the machine with the GPUs, two sharing each GPU, each seeing only its own
+    (Ray sets CUDA_VISIBLE_DEVICES); the model is the local transport's."""
+    options = {
+        "address": ray_cluster,
+        "clients": "fedplug_ray.clients:synthetic_client",
+        "num_clients": 12,
+        "num_cpus_per_client": 0.5,
+        "num_gpus_per_client": 0.5,
+    }
+    exp, history, on_gpus = run("ray", options, rounds=2)
+    where = exp.transport.where
+    assert len(where) == 4  # the GPUs' room (2 / 0.5), not the CPUs' (4 / 0.5)
+    assert len({w["ray_node"] for w in where}) == 1  # the worker node: the head has no GPU
+    assert sorted(gpu for w in where for gpu in w["gpus"]) == ["0", "0", "1", "1"]
+    assert all(len(row["nodes"]) == 12 for row in history)
+    _, _, local = run("local", nodes=[synthetic_client(i) for i in range(12)], rounds=2)
+    for key in local:
+        np.testing.assert_array_equal(on_gpus[key], local[key])
+    too_many = {**options, "actors": 5}
+    with pytest.raises(ConfigError, match=r"actors=5, but the Ray cluster .* holds 4 actors"):
+        run("ray", too_many, rounds=1)
+
+
+def test_the_demo_makes_its_1000_hospitals_on_the_cluster(ray_cluster, tmp_path):
+    """``fedplug demo --transport ray --nodes 1000``, run as a user runs it, on the cluster of
+    RAY_ADDRESS: the hospitals are made in the actors, and the results are the local demo's."""
+    argv = ["demo", "--nodes", "1000", "--plan", "sklearn", "--rounds", "2", "--json", "--out"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "MPLBACKEND": "Agg"}
+    on_ray = subprocess.run(
+        [str(FEDPLUG), *argv, "ray-out", "--transport", "ray"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert on_ray.returncode == 0, on_ray.stderr[-2000:]
+    assert "1000 hospitals (made in Ray actors)" in on_ray.stderr
+    summary = json.loads(on_ray.stdout.splitlines()[-1])
+    assert summary["transport"] == "ray" and len(summary["per_node"]) == 1000
+    assert main([*argv, str(tmp_path / "local-out")]) == 0
+    local = json.loads((tmp_path / "local-out" / "results.json").read_text())["summary"]
+    assert summary["per_node"] == local["per_node"]
+    assert summary["global_accuracy"] == local["global_accuracy"] > 0.85
+    ray_model = np.load(tmp_path / "ray-out" / "model.npz")
+    local_model = np.load(tmp_path / "local-out" / "model.npz")
+    for key in local_model.files:
+        np.testing.assert_array_equal(ray_model[key], local_model[key])

@@ -187,7 +187,7 @@ def synthetic_hospital(index: int, n_nodes: int, seed: int = 0) -> tuple[np.ndar
     0.90 over the hospitals as in the embedded split. Made from ``(seed, index)`` alone, so that
     each hospital can be made where it trains."""
     if not 0 <= index < n_nodes:
-        raise ConfigError(f"hospital index must be in [0, {n_nodes}), got {index}")
+        raise ConfigError(f"hospital index must be in [0, {n_nodes}), got {index!r}")
     means, factor = _gaussian_model()
     share = 0.27 + 0.63 * index / (n_nodes - 1) if n_nodes > 1 else 0.63
     rng = np.random.default_rng([seed, index, 569])
@@ -201,6 +201,8 @@ def demo_client(index: int, n_nodes: int, seed: int = 0, **node_kwargs: Any) -> 
     ``n_nodes``: its share of the embedded records, or its synthetic records beyond
     :data:`MAX_EMBEDDED_NODES` hospitals. A client factory for transports that make their clients
     where they run (``functools.partial(demo_client, n_nodes=1000, seed=0)``)."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_nodes:
+        raise ConfigError(f"hospital index must be in [0, {n_nodes}), got {index!r}")
     if demo_data(n_nodes) == "embedded":
         x, y, parts = _embedded_split(n_nodes, seed)
         x, y = x[parts[index]], y[parts[index]]

@@ -174,6 +174,7 @@ class ClientPool:
         return {
             "ray_node": context.get_node_id(),
             "pid": os.getpid(),
+            "gpus": [str(gpu) for gpu in ray.get_gpu_ids()],  # this actor's GPU(s), if any
             "clients": {name: node.tags() for name, node in self.nodes.items()},
         }
 
@@ -363,8 +364,9 @@ class RayTransport:
 
 
 def _places(described: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Where each actor runs (``ray_node``, ``pid``), from their ``describe()`` answers."""
-    return [{"ray_node": d["ray_node"], "pid": d["pid"]} for d in described]
+    """Where each actor runs (``ray_node``, ``pid``, ``gpus``: the ids of the GPUs Ray gave it,
+    which it sees as ``CUDA_VISIBLE_DEVICES``), from their ``describe()`` answers."""
+    return [{"ray_node": d["ray_node"], "pid": d["pid"], "gpus": d["gpus"]} for d in described]
 
 
 def _resources(ray: Any) -> str:
