@@ -2,7 +2,10 @@
 
 sklearn's breast-cancer data (569 patients, 30 features; shipped inside fedplug, no download) is
 standardised and split over nodes whose share of benign cases differs (0.27 / 0.68 / 0.90 for three
-nodes: the W1 workload of BENCHMARKS.md); 20 % of each node is held out for validation.
+nodes: the W1 workload of BENCHMARKS.md); 20 % of each node is held out for validation. The
+records make at most 56 hospitals; a larger federation (``--nodes 1000``, a cross-device study)
+draws each hospital's records from a Gaussian model of them, from the hospital's index alone, so
+that a transport can make the hospitals where they train (``--transport ray``).
 
 The demo is fedplug's showcase, so it names fedplug's own plugins (the plans of fedplug-torch
 and fedplug-sklearn, fedplug-grpc's deployment); each is looked up when its flag is used, with
