@@ -88,3 +88,14 @@ def test_track_with_an_unknown_name_is_an_error(capsys, tmp_path):
     assert status == 2
     err = capsys.readouterr().err
     assert "'tensorbord'" in err and "tensorboard" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("transport", "dist"), [("ray", "fedplug-ray"), ("grpc", "fedplug-grpc")])
+def test_a_transport_of_fedplug_not_installed_says_how_to_install_it(
+    capsys, monkeypatch, tmp_path, transport, dist
+):
+    monkeypatch.setenv("FEDPLUG_DISABLE_PLUGINS", transport)
+    assert main(["demo", "--transport", transport, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fedplug: error: --transport {transport} needs {dist}: pip install {dist}\n"
+    assert not (tmp_path / "o").exists()

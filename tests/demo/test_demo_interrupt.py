@@ -1,6 +1,7 @@
 """Ctrl-C on `fedplug demo`, as a terminal sends it (SIGINT to the whole foreground process
 group): the run stops at once with exit status 130 and a one-line message, and no process is
-left behind: not the researcher, not a worker thread's training, not a gRPC node process."""
+left behind: not the researcher, not a worker thread's training, not a gRPC node process, not
+the Ray instance the demo started."""
 
 from __future__ import annotations
 
@@ -51,15 +52,29 @@ def _interrupt(args: list[str], tmp_path: Path) -> tuple[int, int, str, float]:
     return proc.pid, proc.returncode, "".join(err), took
 
 
+def _ray_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    marks = ("gcs_server", "raylet", "ray::", "default_worker.py")
+    return [line for line in out.splitlines()[1:] if any(m in line for m in marks)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
-    [["--workers", "3"], ["--transport", "grpc"]],  # torch on 3 threads; 3 node processes
-    ids=["threads", "grpc"],
+    [
+        ["--workers", "3"],  # torch on 3 threads
+        ["--transport", "grpc"],  # 3 node processes
+        ["--transport", "ray", "--nodes", "200", "--plan", "sklearn"],  # a Ray instance, 2 actors
+    ],
+    ids=["threads", "grpc", "ray"],
 )
 def test_ctrl_c_stops_the_demo_at_once_with_status_130(tmp_path, args, wait_process_group_gone):
     group, status, err, took = _interrupt(args, tmp_path)
     wait_process_group_gone(group)
+    deadline = time.monotonic() + 20  # Ray's daemons (gcs_server, raylet, workers) too
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes(), _ray_processes()[:5]
     assert status == 130, err
     assert err.rstrip().endswith("fedplug: interrupted"), err
     assert "Traceback" not in err and "did not answer" not in err, err

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from fedplug.errors import PluginError
 from fedplug.plugins import current_plugin_manager
 
+#: fedplug's own transport plugins, named with the distribution that provides each
+TRANSPORT_PLUGINS = {"grpc": "fedplug-grpc", "ray": "fedplug-ray"}
 ALGORITHMS = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold")
 
 
@@ -121,7 +123,8 @@ def demo_command(demo: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
     transports = sorted(current_plugin_manager().transports)
     demo.add_argument(
         "--transport",
-        choices=transports,
+        # fedplug's own transports are choices when not installed, to be told how to install them
+        choices=sorted({*transports, *TRANSPORT_PLUGINS}),
         default="local",
         help="local: nodes in this process (default); grpc: one node process per hospital, "
         "connected to this researcher over gRPC with TLS on loopback (fedplug-grpc); ray: the "

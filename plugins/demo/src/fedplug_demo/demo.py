@@ -35,6 +35,7 @@ from fedplug.node import Node
 from fedplug.optimizer import Optimizer
 from fedplug.plugins import FedplugPluginManager, active, get_plugin_manager
 from fedplug.report import condensed_rows, format_table, results_rows, write_outputs
+from fedplug_demo.cli import TRANSPORT_PLUGINS
 
 TAGS = ["breast-cancer"]
 W1_SIZES = (181, 189, 199)
@@ -264,6 +265,9 @@ def run_demo(
         raise ConfigError(f"the {plan} demo needs the plan {plan_name!r}: pip install {dist}")
     if secagg and "masking" not in pm.secagg_schemes:
         raise ConfigError("--secagg needs the masking scheme: pip install fedplug-secagg")
+    if transport not in pm.transports and transport in TRANSPORT_PLUGINS:
+        dist = TRANSPORT_PLUGINS[transport]
+        raise ConfigError(f"--transport {transport} needs {dist}: pip install {dist}")
     if transport not in pm.transports:
         raise ConfigError(
             f"--transport must be a registered transport ({', '.join(sorted(pm.transports))}), "
