@@ -236,6 +236,7 @@ def test_the_demo_makes_its_1000_hospitals_on_the_cluster(ray_cluster, tmp_path)
     )  # fmt: skip
     assert on_ray.returncode == 0, on_ray.stderr[-2000:]
     assert "1000 hospitals (made in Ray actors)" in on_ray.stderr
+    assert "4 Ray actors on 2 machines, 250 hospitals each at most" in on_ray.stderr
     summary = json.loads(on_ray.stdout.splitlines()[-1])
     assert summary["transport"] == "ray" and len(summary["per_node"]) == 1000
     assert main([*argv, str(tmp_path / "local-out")]) == 0

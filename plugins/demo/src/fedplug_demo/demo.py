@@ -332,6 +332,15 @@ def run_demo(
             tracking,
             clients_per_round,
         )
+        places = getattr(exp.transport, "where", None)  # fedplug-ray: where its actors run
+        if progress and transport == "ray" and places:
+            machines = len({place["ray_node"] for place in places})
+            print(
+                f"{len(places)} Ray actors on {machines} machine{'s' * (machines > 1)}, "
+                f"{-(-nodes // len(places))} hospitals each at most",
+                file=sys.stderr,
+                flush=True,
+            )
         with exp:
             history = exp.run()
         # results first: the node processes (if any) are stopped after, when the stack closes
