@@ -86,3 +86,15 @@ def ray_cluster():
                 os.environ[key] = value
     left = ray_processes()
     assert not left, f"Ray processes left behind: {left[:5]}"
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port where nothing listens (bound, then closed)."""
+    return free_port()
+
+
+@pytest.fixture
+def ray_daemons():
+    """``ray_daemons()``: the Ray processes running on this machine now."""
+    return ray_processes

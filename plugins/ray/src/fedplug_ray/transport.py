@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ from fedplug.node import Node
 
 #: how long the pool's actors may take to start and build their clients
 START_TIMEOUT_S = 120.0
+#: how long the cluster's address may take to accept a connection
+CONNECT_TIMEOUT_S = 10.0
 
 
 def import_ray() -> Any:
@@ -217,6 +220,7 @@ class RayTransport:
         self._ray = ray
         self._started = False
         if not ray.is_initialized():
+            _check_reachable(address)
             options = dict(init_options)
             if address is None:  # a Ray instance of this machine, for this experiment only
                 options.setdefault("include_dashboard", False)
@@ -361,6 +365,50 @@ class RayTransport:
         if self._started and ray.is_initialized():
             ray.shutdown()
             self._started = False
+
+
+def _check_reachable(address: str | None) -> None:
+    """A :class:`ConfigError` when nothing listens at the cluster's address: the one given, or
+    the one Ray would pick (``RAY_ADDRESS``, or the record of this machine's last ``ray
+    start``); ``ray.init`` would retry it for minutes."""
+    environment = os.environ.get("RAY_ADDRESS") or None
+    given = address if address not in (None, "auto") else environment  # named by the user
+    if given is not None and given.startswith("ray://"):  # Ray Client's server
+        target = given.removeprefix("ray://")
+    else:
+        try:  # Ray's own resolution (private, hence guarded: Ray then speaks for itself)
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address(address)
+        except Exception:
+            return
+        if target is None:
+            return  # no cluster: a Ray instance of this machine is started
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        if address not in (None, "auto"):
+            found = ""
+        elif environment is not None:
+            found = " (RAY_ADDRESS)"
+        else:
+            found = (
+                " (recorded by this machine's last `ray start`; `ray stop --force` clears a "
+                "stale record)"
+            )
+        start = (
+            "`ray start --head` there (its Ray Client server listens on port 10001)"
+            if given is not None and given.startswith("ray://")
+            else f"`ray start --head --port={port}` there"
+        )
+        raise ConfigError(
+            f"no Ray cluster answers at {given or target!r}{found} "
+            f"({exc.strerror or type(exc).__name__}): start its head with {start}, or give the "
+            "address that `ray start` printed (the address option, or RAY_ADDRESS)"
+        ) from None
 
 
 def _places(described: list[dict[str, Any]]) -> list[dict[str, Any]]:
