@@ -110,6 +110,10 @@ def test_clients_per_round_trains_a_sample_of_the_hospitals(capsys, tmp_path):
             "--secagg with 201 hospitals a round.*--clients-per-round 100",
         ),
         (["--secagg", "--nodes", "1000", "--clients-per-round", "0.5"], "--secagg with 500"),
+        (
+            ["--workers", "2", "--transport", "ray"],
+            "--workers sets how many in-process hospitals train at once .*in the Ray actors",
+        ),
     ],
 )
 def test_the_demo_names_its_limits_before_it_starts(capsys, tmp_path, argv, match):

@@ -273,6 +273,12 @@ def run_demo(
             f"--transport must be a registered transport ({', '.join(sorted(pm.transports))}), "
             f"got {transport!r}"
         )
+    if workers is not None and transport != "local":
+        how = {"grpc": "in their node processes", "ray": "in the Ray actors, one per CPU"}
+        raise ConfigError(
+            "--workers sets how many in-process hospitals train at once (--transport local); "
+            f"with --transport {transport} they train {how.get(transport, 'where it runs them')}"
+        )
     data = demo_data(nodes)
     if transport == "grpc" and nodes > MAX_GRPC_NODES:
         raise ConfigError(
