@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -35,13 +36,19 @@ def new_keypair() -> tuple[X25519PrivateKey, bytes]:
     return private, private.public_key().public_bytes_raw()
 
 
+@functools.cache
+def _probe_key() -> X25519PrivateKey:
+    """One key per process to test peers' public keys with (its secrets are never used)."""
+    return X25519PrivateKey.generate()
+
+
 def valid_public_key(public: bytes) -> bool:
     """Whether ``public`` is an X25519 public key a peer can agree with: 32 bytes, and not a
     low-order point (all zeros, for one), whose shared secret would be all zeros."""
     if len(public) != KEY_BYTES:
         return False
-    try:
-        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(bytes(public)))
+    try:  # any scalar tells: X25519 scalars are multiples of 8, which zero every low-order point
+        _probe_key().exchange(X25519PublicKey.from_public_bytes(bytes(public)))
     except ValueError:
         return False
     return True
