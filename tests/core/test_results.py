@@ -158,3 +158,36 @@ def test_a_plot_of_many_nodes_draws_their_spread_not_a_line_each():
     assert median[-1] == pytest.approx(np.median(last))
     few = history_figure(_many_nodes_history(MAX_NODE_CURVES), "accuracy")
     assert len(few.axes[1].get_lines()) == 1 + MAX_NODE_CURVES
+
+
+def test_result_rows_of_a_sampled_run_give_each_node_its_last_trained_samples():
+    """With clients_per_round, a node trains in some rounds only: its row gives the samples of
+    the last round it trained in, not a blank; the global row sums them."""
+    from fedplug import Dataset, Node
+    from fedplug.report import results_rows
+
+    rng = np.random.default_rng(5)
+    nodes = []
+    for i in range(6):
+        x = rng.normal(size=(20 + 10 * i, 4))
+        y = (x[:, 0] > 0).astype(np.int64)
+        nodes.append(Node(f"site-{i}", Dataset(x, y, tags=["r"])))
+    exp = Experiment(
+        nodes=nodes,
+        tags=["r"],
+        training_plan="numpy-logreg",
+        model_args={"n_features": 4},
+        training_args={"batch_size": 8, "test_ratio": 0.25},
+        round_limit=4,
+        clients_per_round=2,
+        seed=1,
+        progress=False,
+    )
+    history = exp.run()
+    rows = results_rows(history, "accuracy")
+    trained = {}
+    for row in history:
+        trained.update(row["samples"])
+    assert len(history[-1]["samples"]) == 2 < len(trained)  # a sample each round
+    assert {row[0]: row[1] for row in rows[:-1] if row[1] is not None} == trained
+    assert rows[-1][1] == sum(trained.values())

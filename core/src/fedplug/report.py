@@ -45,19 +45,24 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def results_rows(
     history: list[dict[str, Any]], metric: str, average: str = "global"
 ) -> list[list[Any]]:
-    """Per-node rows (train samples, test samples, metric, loss) of the last validated round, then
-    a ``global`` row weighted by test samples, or with ``average="mean"`` a ``mean`` row averaged
-    over nodes (FLamby's "mean over clients")."""
+    """Per-node rows (train samples, test samples, metric, loss) of the last validated round,
+    then a ``global`` row weighted by test samples, or with ``average="mean"`` a ``mean`` row
+    averaged over nodes (FLamby's "mean over clients"). A node's train samples are those of the
+    last round it trained in (with ``clients_per_round``, not every node trains every round); the
+    average row's are their sum."""
     validated = [row for row in history if "validation" in row]
     if not validated:
         return []
     last = validated[-1]
+    trained: dict[str, Any] = {}
+    for row in history[: history.index(last) + 1]:
+        trained.update(row.get("samples", {}))
     rows = []
     for node, metrics in last["validation"].items():
         rows.append(
             [
                 node,
-                last["samples"].get(node),
+                trained.get(node),
                 metrics.get("n_samples"),
                 metrics.get(metric),
                 metrics.get("loss"),
@@ -67,7 +72,7 @@ def results_rows(
     rows.append(
         [
             average,
-            sum(last["samples"].values()),
+            sum(trained.values()),
             last["validation_global"].get("n_samples"),
             overall.get(metric),
             overall.get("loss"),
