@@ -12,27 +12,30 @@ from fedplug import ConfigError, Experiment
 from fedplug.report import ResultsTable
 
 
-@pytest.fixture(scope="module")
-def exp():
+def _experiment(sizes, data_seed, **settings) -> Experiment:
+    """A logistic-regression experiment over nodes ``site-0``, ... of ``sizes`` records."""
     from fedplug import Dataset, Node
 
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(data_seed)
     nodes = []
-    for i, size in enumerate((40, 60)):
+    for i, size in enumerate(sizes):
         x = rng.normal(size=(size, 4))
         y = (x[:, 0] + 0.3 * rng.normal(size=size) > 0).astype(np.int64)
         nodes.append(Node(f"site-{i}", Dataset(x, y, tags=["r"])))
-    exp = Experiment(
+    return Experiment(
         nodes=nodes,
         tags=["r"],
         training_plan="numpy-logreg",
         model_args={"n_features": 4},
         training_args={"batch_size": 8, "test_ratio": 0.25},
-        round_limit=6,
-        validate=2,
-        seed=0,
         progress=False,
+        **settings,
     )
+
+
+@pytest.fixture(scope="module")
+def exp():
+    exp = _experiment((40, 60), 3, round_limit=6, validate=2, seed=0)
     exp.run()
     return exp
 
@@ -163,26 +166,9 @@ def test_a_plot_of_many_nodes_draws_their_spread_not_a_line_each():
 def test_result_rows_of_a_sampled_run_give_each_node_its_last_trained_samples():
     """With clients_per_round, a node trains in some rounds only: its row gives the samples of
     the last round it trained in, not a blank; the global row sums them."""
-    from fedplug import Dataset, Node
     from fedplug.report import results_rows
 
-    rng = np.random.default_rng(5)
-    nodes = []
-    for i in range(6):
-        x = rng.normal(size=(20 + 10 * i, 4))
-        y = (x[:, 0] > 0).astype(np.int64)
-        nodes.append(Node(f"site-{i}", Dataset(x, y, tags=["r"])))
-    exp = Experiment(
-        nodes=nodes,
-        tags=["r"],
-        training_plan="numpy-logreg",
-        model_args={"n_features": 4},
-        training_args={"batch_size": 8, "test_ratio": 0.25},
-        round_limit=4,
-        clients_per_round=2,
-        seed=1,
-        progress=False,
-    )
+    exp = _experiment(range(20, 80, 10), 5, round_limit=4, clients_per_round=2, seed=1)
     history = exp.run()
     rows = results_rows(history, "accuracy")
     trained = {}

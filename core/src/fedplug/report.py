@@ -55,8 +55,10 @@ def results_rows(
         return []
     last = validated[-1]
     trained: dict[str, Any] = {}
-    for row in history[: history.index(last) + 1]:
+    for row in history:  # up to the last validated round
         trained.update(row.get("samples", {}))
+        if row is last:
+            break
     rows = []
     for node, metrics in last["validation"].items():
         rows.append(

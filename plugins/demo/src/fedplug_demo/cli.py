@@ -24,19 +24,22 @@ def _positive(text: str) -> int:
 
 
 def _sample(text: str) -> int | float:
-    """``--clients-per-round``: a count (``100``) or a fraction (``0.1``)."""
-    try:
-        value: int | float = int(text)
-    except ValueError:
+    """``--clients-per-round``: a count (``100``) or a fraction (``0.1``), as
+    ``Experiment(clients_per_round=...)`` takes them."""
+    from fedplug.errors import ConfigError
+    from fedplug.experiment.config import check_sample_size
+
+    wrong = f"expected a count (an integer >= 1) or a fraction (0 < f <= 1), got {text!r}"
+    for kind in (int, float):
         try:
-            value = float(text)
+            value = kind(text)
         except ValueError:
-            value = 0
-    if (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0 < value <= 1):
-        raise argparse.ArgumentTypeError(
-            f"expected a count (an integer >= 1) or a fraction (0 < f <= 1), got {text!r}"
-        )
-    return value
+            continue
+        try:
+            return check_sample_size(value)
+        except ConfigError:
+            break
+    raise argparse.ArgumentTypeError(wrong)
 
 
 def demo_command(demo: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

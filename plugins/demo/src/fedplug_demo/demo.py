@@ -265,10 +265,10 @@ def run_demo(
         raise ConfigError(f"the {plan} demo needs the plan {plan_name!r}: pip install {dist}")
     if secagg and "masking" not in pm.secagg_schemes:
         raise ConfigError("--secagg needs the masking scheme: pip install fedplug-secagg")
-    if transport not in pm.transports and transport in TRANSPORT_PLUGINS:
-        dist = TRANSPORT_PLUGINS[transport]
-        raise ConfigError(f"--transport {transport} needs {dist}: pip install {dist}")
     if transport not in pm.transports:
+        if transport in TRANSPORT_PLUGINS:
+            dist = TRANSPORT_PLUGINS[transport]
+            raise ConfigError(f"--transport {transport} needs {dist}: pip install {dist}")
         raise ConfigError(
             f"--transport must be a registered transport ({', '.join(sorted(pm.transports))}), "
             f"got {transport!r}"
